@@ -1,0 +1,62 @@
+"""`phiflash` command dispatcher: each subcommand is a thin parser over a library call."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "generate": ("phiflash_mlx.generate", "generate text (mlx_lm.generate's flags; .gguf too)"),
+    "chat": ("phiflash.tui.app", "the terminal math tutor (Textual)"),
+    "convert": ("phiflash.quantize.convert", "HF checkpoint -> MLX dir (bf16, 8/4-bit)"),
+    "convert-gguf": ("phiflash.quantize.gguf_convert", "HF checkpoint -> GGUF file"),
+    "eval-quant": ("phiflash.quantize.fidelity", "KL / top-1 / perplexity vs a reference"),
+    "eval-math": ("phiflash.evalmath", "accuracy on the held-out math problems"),
+    "cache-prompt": ("phiflash_mlx.cache_prompt", "save a prompt cache for reuse"),
+    "train": ("phiflash_mlx.train", "train a SambaY model from scratch (the tutor)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: phiflash <command> [options]", "", "commands:"]
+    for name, (_, help_) in COMMANDS.items():
+        lines.append(f"  {name:<14}{help_}")
+    lines.append("")
+    lines.append("Run `phiflash <command> --help` for a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from phiflash import __version__
+
+        print(f"phiflash {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"phiflash: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return run_main(module.main, rest)
+
+
+def run_main(fn, argv) -> int:
+    """Run a command's main; a PhiflashError becomes one line on stderr and exit 1."""
+    from phiflash.errors import PhiflashError
+
+    try:
+        return int(fn(argv) or 0)
+    except PhiflashError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

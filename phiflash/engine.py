@@ -1,0 +1,157 @@
+"""The one engine protocol that the chat and the CLI consume.
+
+Both engines (MLX in ``phiflash_mlx``, GGUF in ``phiflash_gguf``) implement :class:`Engine`.
+``open_engine`` picks one from the model path: a ``.gguf`` file goes to the GGUF engine,
+anything else (a Hugging Face or MLX model directory, or a hub name) to the MLX engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+# Model card defaults (temperature 0.6, top-p 0.95).
+DEFAULT_TEMP = 0.6
+DEFAULT_TOP_P = 0.95
+DEFAULT_MAX_TOKENS = 2048
+
+
+@dataclass
+class GenerationParams:
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = DEFAULT_TEMP
+    top_p: float = DEFAULT_TOP_P
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+
+
+@dataclass
+class Chunk:
+    """One streamed piece of a reply.
+
+    ``finish_reason`` is None while streaming, then one of "stop" (a stop token),
+    "length" (max_tokens reached) or "cancelled" (``should_stop`` returned True).
+    Rates are tokens per second; memory is in GB.
+    """
+
+    text: str
+    token: int | None = None
+    prompt_tokens: int = 0
+    prompt_tps: float = 0.0
+    generation_tokens: int = 0
+    generation_tps: float = 0.0
+    peak_memory_gb: float = 0.0
+    context_used: int = 0
+    finish_reason: str | None = None
+
+
+Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str  # "mlx" or "gguf"
+    model_path: str
+    quantization: str  # "bf16", "8-bit", "4-bit", "Q4_0", ...
+    context_limit: int
+
+    def stream(
+        self,
+        messages: list[Message],
+        params: GenerationParams,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[Chunk]:
+        """Render ``messages`` with the chat template and stream the reply.
+
+        The engine keeps its cache between calls: when the new prompt extends the tokens
+        already in the cache (a follow-up in the same problem), only the new tokens are
+        processed. Anything else starts a fresh cache.
+        """
+        ...
+
+    def reset(self) -> None:
+        """Drop the cache (a new problem starts from an empty context)."""
+        ...
+
+    def count_tokens(self, messages: list[Message]) -> int: ...
+
+
+@dataclass
+class FakeEngine:
+    """Streams canned text word by word; serves the TUI tests and demos."""
+
+    reply: str = "<think>Add the ones: 2 + 3 = 5.</think>The answer is $\\boxed{5}$."
+    delay: float = 0.0
+    name: str = "fake"
+    model_path: str = "fake"
+    quantization: str = "none"
+    context_limit: int = 4096
+    fail_with: Exception | None = None
+    calls: list[list[Message]] = field(default_factory=list)
+    resets: int = 0
+    _cached: int = 0
+
+    def _pieces(self) -> list[str]:
+        out, word = [], ""
+        for ch in self.reply:
+            word += ch
+            if ch in " >\n":
+                out.append(word)
+                word = ""
+        if word:
+            out.append(word)
+        return out
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        return sum(len(m["content"].split()) + 2 for m in messages) + 1
+
+    def reset(self) -> None:
+        self.resets += 1
+        self._cached = 0
+
+    def stream(self, messages, params, should_stop=None):
+        self.calls.append([dict(m) for m in messages])
+        if self.fail_with is not None:
+            raise self.fail_with
+        n_prompt = self.count_tokens(messages)
+        start = time.perf_counter()
+        pieces = self._pieces()
+        for i, piece in enumerate(pieces):
+            if should_stop is not None and should_stop():
+                yield Chunk("", prompt_tokens=n_prompt, generation_tokens=i,
+                            context_used=n_prompt + i, finish_reason="cancelled")
+                return
+            if self.delay:
+                time.sleep(self.delay)
+            if i + 1 >= params.max_tokens:
+                yield Chunk(piece, i, n_prompt, 1000.0, i + 1, 100.0, 0.1,
+                            n_prompt + i + 1, "length")
+                return
+            elapsed = max(time.perf_counter() - start, 1e-6)
+            last = i == len(pieces) - 1
+            yield Chunk(piece, i, n_prompt, 1000.0, i + 1, (i + 1) / elapsed, 0.1,
+                        n_prompt + i + 1, "stop" if last else None)
+        self._cached = n_prompt + len(pieces)
+
+
+def open_engine(model: str | None = None, engine: str | None = None, **kwargs) -> Engine:
+    """Open the engine for ``model`` (default: the bundled tutor model).
+
+    ``engine`` forces "mlx" or "gguf"; otherwise a path ending in ``.gguf`` selects GGUF.
+    """
+    from phiflash.paths import resolve_model
+
+    path = resolve_model(model)
+    kind = engine or ("gguf" if str(path).endswith(".gguf") else "mlx")
+    if kind == "gguf":
+        from phiflash_gguf.engine import GGUFEngine
+
+        return GGUFEngine(str(path), **kwargs)
+    if kind == "mlx":
+        from phiflash_mlx.engine import MLXEngine
+
+        return MLXEngine(str(path), **kwargs)
+    raise ValueError(f"unknown engine {kind!r} (choose mlx or gguf)")
