@@ -72,6 +72,19 @@ class Engine(Protocol):
         """
         ...
 
+    def stream_prompt(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[Chunk]:
+        """Stream a reply to an already formatted prompt (no chat template; fresh cache)."""
+        ...
+
+    def apply_chat_template(self, messages: list[Message]) -> str:
+        """The prompt text for ``messages`` with the generation prompt appended."""
+        ...
+
     def reset(self) -> None:
         """Drop the cache (a new problem starts from an empty context)."""
         ...
@@ -111,6 +124,13 @@ class FakeEngine:
     def reset(self) -> None:
         self.resets += 1
         self._cached = 0
+
+    def apply_chat_template(self, messages: list[Message]) -> str:
+        body = "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages)
+        return body + "<|assistant|>"
+
+    def stream_prompt(self, prompt, params, should_stop=None):
+        return self.stream([{"role": "user", "content": prompt}], params, should_stop)
 
     def stream(self, messages, params, should_stop=None):
         self.calls.append([dict(m) for m in messages])
