@@ -1,0 +1,448 @@
+# Phi-4-mini-flash-reasoning ("SambaY", model_type phi4flash) for MLX.
+#
+# Self-contained: imports only mlx and mlx_lm, so a converted model directory can carry this
+# file as its `model_file` and run under stock `mlx_lm.generate --trust-remote-code`.
+# Layer layout (L layers): a self-decoder of Mamba-1 (even) and sliding-window differential
+# attention (odd) layers up to L/2; layer L/2 is a Mamba layer whose pre-gate scan readout is
+# the GMU memory; layer L/2+1 is the global differential attention whose K/V all cross layers
+# reuse; then GMU (even) and cross-attention (odd) layers that own no cache.
+
+import math
+from dataclasses import dataclass
+from typing import Any, List, Optional, Union
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.base import BaseModelArgs, create_causal_mask
+from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache
+
+
+@dataclass
+class ModelArgs(BaseModelArgs):
+    model_type: str = "phi4flash"
+    vocab_size: int = 200064
+    hidden_size: int = 2560
+    intermediate_size: int = 10240
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 40
+    num_key_value_heads: int = 20
+    sliding_window: Optional[Union[int, List[Optional[int]]]] = 512
+    layer_types: Optional[List[str]] = None
+    mb_per_layer: int = 2
+    layer_norm_eps: float = 1e-5
+    mamba_d_state: int = 16
+    mamba_d_conv: int = 4
+    mamba_expand: int = 2
+    mamba_dt_rank: Union[int, str] = "auto"
+    mamba_conv_bias: bool = True
+    mamba_proj_bias: bool = False
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 262144
+
+    def __post_init__(self):
+        L = self.num_hidden_layers
+        if self.mamba_dt_rank == "auto" or self.mamba_dt_rank is None:
+            self.mamba_dt_rank = math.ceil(self.hidden_size / 16)
+        w = self.sliding_window
+        if isinstance(w, (list, tuple)):
+            windows = list(w)
+        elif self.layer_types is not None:
+            windows = [w if t == "sliding_attention" else None for t in self.layer_types]
+        else:
+            windows = [w if (i < L // 2 and i % 2 == 1) else None for i in range(L)]
+        if len(windows) != L:
+            raise ValueError(f"sliding_window/layer_types has {len(windows)} entries, not {L}")
+        self.windows = windows
+        self.head_dim = self.hidden_size // self.num_attention_heads
+
+    def layer_kind(self, i: int) -> str:
+        half = self.num_hidden_layers // 2
+        if i % self.mb_per_layer == 0:
+            if i >= half + 2:
+                return "gmu"
+            return "mamba_mem" if i >= half else "mamba"
+        if i >= half + 2:
+            return "cross"
+        return "swa" if self.windows[i] else "attn"
+
+
+def softplus(x):
+    return mx.where(x > 20.0, x, mx.logaddexp(x, 0.0))
+
+
+def lambda_init_fn(depth: int) -> float:
+    return 0.8 - 0.6 * math.exp(-0.3 * depth)
+
+
+# ---------------------------------------------------------------------------------------------
+# Selective scan. s_t = exp(dt_t A) s_{t-1} + dt_t u_t B_t ;  y_t = s_t . C_t + D u_t
+# All state arithmetic in float32.
+
+
+@mx.compile
+def ssm_step(u, dt, A, B, C, D, state):
+    # u, dt: [b, d]; B, C: [b, n]; A: [d, n]; state: [b, d, n]
+    state = mx.exp(dt[..., None] * A) * state + (dt * u)[..., None] * B[:, None, :]
+    y = (state @ C[..., None]).squeeze(-1) + D * u
+    return y, state
+
+
+def ssm_scan_chunked(u, dt, A, B, C, D, state, block: int = 64):
+    """Prompt path: blocks of `block` tokens, each a log-depth (Hillis-Steele) scan.
+
+    Only products of decays in (0, 1] are formed, so it is stable for any dt and A; the
+    Python loop runs over blocks, never over tokens, and the graph is differentiable.
+    """
+    T = u.shape[1]
+    ys = []
+    for s in range(0, T, block):
+        e = min(s + block, T)
+        dtb = dt[:, s:e]
+        a = mx.exp(dtb[..., None] * A)  # [b, t, d, n]
+        x = (dtb * u[:, s:e])[..., None] * B[:, s:e, None, :]
+        k = 1
+        while k < e - s:
+            x = mx.concatenate([x[:, :k], a[:, k:] * x[:, :-k] + x[:, k:]], axis=1)
+            a = mx.concatenate([a[:, :k], a[:, k:] * a[:, :-k]], axis=1)
+            k *= 2
+        states = a * state[:, None] + x
+        ys.append((states @ C[:, s:e, :, None]).squeeze(-1))
+        state = states[:, -1]
+    y = mx.concatenate(ys, axis=1) if len(ys) > 1 else ys[0]
+    return y + D * u, state
+
+
+_CUDA_SCAN_SRC = """
+    int gid = blockIdx.x * blockDim.x + threadIdx.x;
+    int nb = dims[0], T = dims[1];
+    if (gid >= nb * DI) return;
+    int b = gid / DI, d = gid % DI;
+    float s[NS], a[NS];
+    for (int n = 0; n < NS; ++n) {
+        s[n] = state[((size_t)b * DI + d) * NS + n];
+        a[n] = A[(size_t)d * NS + n];
+    }
+    float dd = D[d];
+    for (int t = 0; t < T; ++t) {
+        size_t o = ((size_t)b * T + t) * DI + d;
+        size_t on = ((size_t)b * T + t) * NS;
+        float dtv = dt[o], uv = u[o], acc = 0.0f;
+        for (int n = 0; n < NS; ++n) {
+            s[n] = expf(dtv * a[n]) * s[n] + dtv * uv * Bm[on + n];
+            acc += s[n] * Cm[on + n];
+        }
+        y[o] = acc + dd * uv;
+    }
+    for (int n = 0; n < NS; ++n) state_out[((size_t)b * DI + d) * NS + n] = s[n];
+"""
+_cuda_scan_kernel = None
+
+
+def ssm_scan_cuda(u, dt, A, B, C, D, state):
+    """Prompt path on MLX's CUDA backend: one thread per channel, sequential in time."""
+    global _cuda_scan_kernel
+    if _cuda_scan_kernel is None:
+        _cuda_scan_kernel = mx.fast.cuda_kernel(
+            name="sambay_selective_scan",
+            input_names=["u", "dt", "A", "Bm", "Cm", "D", "state", "dims"],
+            output_names=["y", "state_out"],
+            source=_CUDA_SCAN_SRC,
+        )
+    b, T, d = u.shape
+    n = A.shape[1]
+    dims = mx.array([b, T], dtype=mx.int32)
+    f32 = mx.float32
+    y, state = _cuda_scan_kernel(
+        inputs=[u, dt, A, B.astype(f32), C.astype(f32), D.astype(f32), state, dims],
+        template=[("DI", d), ("NS", n)],
+        grid=(((b * d + 127) // 128) * 128, 1, 1),
+        threadgroup=(128, 1, 1),
+        output_shapes=[(b, T, d), (b, d, n)],
+        output_dtypes=[f32, f32],
+    )
+    return y, state
+
+
+def selective_scan(u, dt, A, B, C, D, state, training: bool = False):
+    if u.shape[1] == 1:
+        y, state = ssm_step(u[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, state)
+        return y[:, None], state
+    if not training and mx.default_device() == mx.gpu and mx.cuda.is_available():
+        return ssm_scan_cuda(u, dt, A, B, C, D, state)
+    return ssm_scan_chunked(u, dt, A, B, C, D, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+
+
+@mx.compile
+def swiglu(gate, up):
+    g = gate.astype(mx.float32)
+    return (nn.silu(g) * up.astype(mx.float32)).astype(gate.dtype)
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.fc1 = nn.Linear(args.hidden_size, 2 * args.intermediate_size, bias=False)
+        self.fc2 = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+
+    def __call__(self, x):
+        gate, up = mx.split(self.fc1(x), 2, axis=-1)
+        return self.fc2(swiglu(gate, up))
+
+
+class DepthwiseConv1d(nn.Module):
+    """Causal depthwise conv with the HF weight layout [channels, 1, kernel]."""
+
+    def __init__(self, channels: int, kernel: int, bias: bool):
+        super().__init__()
+        self.weight = mx.zeros((channels, 1, kernel))
+        if bias:
+            self.bias = mx.zeros((channels,))
+
+    def __call__(self, xpad, T: int):
+        # xpad: [b, K-1+T, c] = previous K-1 inputs then the T new ones
+        w = self.weight[:, 0, :].astype(mx.float32)
+        K = w.shape[-1]
+        out = self.bias.astype(mx.float32) if "bias" in self else 0.0
+        for k in range(K):
+            out = out + w[:, k] * xpad[:, k : k + T].astype(mx.float32)
+        return out
+
+
+class Mamba(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        H, d = args.hidden_size, args.mamba_expand * args.hidden_size
+        self.d_inner, self.d_state, self.d_conv = d, args.mamba_d_state, args.mamba_d_conv
+        self.dt_rank = args.mamba_dt_rank
+        self.in_proj = nn.Linear(H, 2 * d, bias=args.mamba_proj_bias)
+        self.conv1d = DepthwiseConv1d(d, self.d_conv, args.mamba_conv_bias)
+        self.x_proj = nn.Linear(d, self.dt_rank + 2 * self.d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, d, bias=True)
+        self.A_log = mx.log(mx.broadcast_to(mx.arange(1, self.d_state + 1), (d, self.d_state)))
+        self.D = mx.ones((d,))
+        self.out_proj = nn.Linear(d, H, bias=args.mamba_proj_bias)
+
+    def __call__(self, x, cache=None):
+        """Returns (output, y) where y is the pre-gate scan readout (the GMU memory)."""
+        b, T, _ = x.shape
+        xb, z = mx.split(self.in_proj(x), 2, axis=-1)
+        conv_state = cache[0] if cache is not None else None
+        if conv_state is None:
+            conv_state = mx.zeros((b, self.d_conv - 1, self.d_inner), dtype=xb.dtype)
+        xpad = mx.concatenate([conv_state, xb], axis=1)
+        u = nn.silu(self.conv1d(xpad, T)).astype(x.dtype)
+        dt, B, C = mx.split(
+            self.x_proj(u), [self.dt_rank, self.dt_rank + self.d_state], axis=-1
+        )
+        f32 = mx.float32
+        dt = softplus(self.dt_proj(dt).astype(f32))
+        state = cache[1] if cache is not None else None
+        if state is None:
+            state = mx.zeros((b, self.d_inner, self.d_state), dtype=f32)
+        A = -mx.exp(self.A_log.astype(f32))
+        y, state = selective_scan(
+            u.astype(f32), dt, A, B.astype(f32), C.astype(f32), self.D.astype(f32), state,
+            training=self.training,
+        )
+        if cache is not None:
+            cache[0] = xpad[:, -(self.d_conv - 1) :]
+            cache[1] = state
+        out = self.out_proj((y * nn.silu(z.astype(f32))).astype(x.dtype))
+        return out, y.astype(x.dtype)
+
+
+class GMU(nn.Module):
+    """Gated memory unit: out_proj(SiLU(in_proj(x)) * memory)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        d = args.mamba_expand * args.hidden_size
+        self.in_proj = nn.Linear(args.hidden_size, d, bias=False)
+        self.out_proj = nn.Linear(d, args.hidden_size, bias=False)
+
+    def __call__(self, x, memory):
+        return self.out_proj(swiglu(self.in_proj(x), memory))
+
+
+class DiffLambda(nn.Module):
+    """HF's `inner_cross_attn`: the lambda vectors and the sub-layer RMSNorm over 2*head_dim."""
+
+    def __init__(self, head_dim: int, eps: float):
+        super().__init__()
+        self.lambda_q1 = mx.zeros((head_dim,))
+        self.lambda_k1 = mx.zeros((head_dim,))
+        self.lambda_q2 = mx.zeros((head_dim,))
+        self.lambda_k2 = mx.zeros((head_dim,))
+        self.subln = nn.RMSNorm(2 * head_dim, eps=eps)
+
+    def full(self, lambda_init: float):
+        f32 = mx.float32
+        l1 = mx.exp(mx.sum(self.lambda_q1.astype(f32) * self.lambda_k1.astype(f32)))
+        l2 = mx.exp(mx.sum(self.lambda_q2.astype(f32) * self.lambda_k2.astype(f32)))
+        return l1 - l2 + lambda_init
+
+
+class DiffAttention(nn.Module):
+    """Differential attention; `cross` layers project only Q and read the shared K/V.
+
+    The cache holds K and V as pairs of adjacent heads, [b, n_kv/2, t, 2*head_dim] (a pure
+    reshape of the projection). Both softmax branches then run as one attention call: branch-1
+    queries are [q1, 0] and branch-2 queries are [0, q2] against the paired keys, so every
+    key and value in the cache is read once per step for all heads.
+    """
+
+    def __init__(self, args: ModelArgs, layer_idx: int, cross: bool):
+        super().__init__()
+        self.n_heads, self.n_kv = args.num_attention_heads, args.num_key_value_heads
+        self.head_dim = hd = args.head_dim
+        self.cross = cross
+        self.window = args.windows[layer_idx]
+        self.lambda_init = lambda_init_fn(layer_idx)
+        self.scale = hd**-0.5
+        q_dim = self.n_heads * hd
+        out = q_dim if cross else q_dim + 2 * self.n_kv * hd
+        self.Wqkv = nn.Linear(args.hidden_size, out, bias=True)
+        self.out_proj = nn.Linear(q_dim, args.hidden_size, bias=True)
+        self.inner_cross_attn = DiffLambda(hd, args.layer_norm_eps)
+
+    def __call__(self, x, cache=None, shared_kv=None):
+        b, T, _ = x.shape
+        hd, m = self.head_dim, self.n_kv // 2
+        g = self.n_heads // self.n_kv
+        qkv = self.Wqkv(x)
+        if self.cross:
+            q = qkv
+            keys, values = shared_kv
+        else:
+            q, k, v = mx.split(qkv, [self.n_heads * hd, (self.n_heads + self.n_kv) * hd], -1)
+            keys = k.reshape(b, T, m, 2 * hd).transpose(0, 2, 1, 3)
+            values = v.reshape(b, T, m, 2 * hd).transpose(0, 2, 1, 3)
+            if cache is not None:
+                keys, values = cache.update_and_fetch(keys, values)
+
+        # q heads (h two): pair j = (kv pair jm, member jj); branch 0 = even head, 1 = odd
+        q = q.reshape(b, T, m, g, 2, hd)
+        zero = mx.zeros_like(q[..., 0, :])
+        q = mx.stack(
+            [
+                mx.concatenate([q[..., 0, :], zero], axis=-1),
+                mx.concatenate([zero, q[..., 1, :]], axis=-1),
+            ],
+            axis=3,
+        )  # [b, T, m, 2, g, 2hd]
+        q = q.reshape(b, T, m * 2 * g, 2 * hd).transpose(0, 2, 1, 3)
+
+        S = keys.shape[2]
+        if T == 1:
+            mask = None
+        elif self.window is not None and S > self.window:
+            mask = create_causal_mask(T, S - T, window_size=self.window)
+        else:
+            mask = "causal"
+        o = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
+
+        o = o.reshape(b, m, 2, g, T, 2 * hd)
+        lam = self.inner_cross_attn.full(self.lambda_init).astype(o.dtype)
+        o = o[:, :, 0] - lam * o[:, :, 1]  # [b, m, g, T, 2hd]
+        o = self.inner_cross_attn.subln(o) * (1.0 - self.lambda_init)
+        o = o.transpose(0, 3, 1, 2, 4).reshape(b, T, self.n_heads * hd)
+        return self.out_proj(o), (keys, values)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, args: ModelArgs, layer_idx: int):
+        super().__init__()
+        self.kind = kind = args.layer_kind(layer_idx)
+        self.input_layernorm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.post_attention_layernorm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        if kind in ("mamba", "mamba_mem"):
+            self.attn = Mamba(args)
+        elif kind == "gmu":
+            self.attn = GMU(args)
+        else:
+            self.attn = DiffAttention(args, layer_idx, cross=kind == "cross")
+        self.mlp = MLP(args)
+
+    def __call__(self, h, cache=None, memory=None, shared_kv=None):
+        # h is the float32 residual stream; norms see the weights' dtype.
+        x = self.input_layernorm(h.astype(self.input_layernorm.weight.dtype))
+        if self.kind == "gmu":
+            o = self.attn(x, memory)
+        elif self.kind == "cross":
+            o, _ = self.attn(x, shared_kv=shared_kv)
+        elif self.kind in ("mamba", "mamba_mem"):
+            o, memory = self.attn(x, cache)
+        else:
+            o, shared_kv = self.attn(x, cache)
+        h = h + o
+        x = self.post_attention_layernorm(h.astype(self.post_attention_layernorm.weight.dtype))
+        return h + self.mlp(x), memory, shared_kv
+
+
+class Phi4FlashModel(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = [DecoderLayer(args, i) for i in range(args.num_hidden_layers)]
+        self.final_layernorm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+
+    def __call__(self, inputs, cache=None):
+        h = self.embed_tokens(inputs).astype(mx.float32)
+        if cache is None:
+            cache = [None] * len(self.layers)
+        memory = shared_kv = None
+        for i, layer in enumerate(self.layers):
+            c = cache[i] if i < len(cache) else None
+            h, memory, shared_kv = layer(h, c, memory, shared_kv)
+        return self.final_layernorm(h.astype(self.final_layernorm.weight.dtype))
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.model = Phi4FlashModel(args)
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    def __call__(self, inputs: mx.array, cache: Optional[List[Any]] = None):
+        h = self.model(inputs, cache)
+        if self.args.tie_word_embeddings:
+            return self.model.embed_tokens.as_linear(h)
+        return self.lm_head(h)
+
+    @property
+    def layers(self):
+        return self.model.layers
+
+    def make_cache(self):
+        """One cache per self-decoder layer and the global layer; GMU/cross layers own none."""
+        caches = []
+        for layer in self.layers:
+            if layer.kind in ("gmu", "cross"):
+                break
+            if layer.kind in ("mamba", "mamba_mem"):
+                caches.append(ArraysCache(size=2))
+            elif layer.kind == "swa":
+                caches.append(RotatingKVCache(max_size=layer.attn.window))
+            else:
+                caches.append(KVCache())
+        return caches
+
+    def sanitize(self, weights):
+        if self.args.tie_word_embeddings:
+            weights.pop("lm_head.weight", None)
+        fp32 = ("A_log", "D", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
+        return {
+            k: (
+                v.astype(mx.float32)
+                if k.rsplit(".", 1)[-1] in fp32 or k.endswith("dt_proj.bias")
+                else v
+            )
+            for k, v in weights.items()
+        }
