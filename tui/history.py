@@ -139,6 +139,9 @@ class HistoryStore:
             (content, status, message_id),
         )
 
+    def delete_message(self, message_id: int) -> None:
+        self._exec("DELETE FROM messages WHERE id = ?", (message_id,))
+
     def raw_status(self, message_id: int) -> tuple[str, str] | None:
         """(content, status) as stored, without the load-time fix-up (for tests and tools)."""
         return self._exec(

@@ -72,7 +72,7 @@ _EXTRA_SYMBOLS = {
 _IGNORED = {"displaystyle", "textstyle", "left", "right", "big", "Big", "bigg", "Bigg", "limits"}
 _TEXT_MACROS = {"text", "textrm", "textbf", "mathrm", "mathbf", "mathit", "textit", "operatorname"}
 _FRAC_MACROS = {"frac", "dfrac", "tfrac", "cfrac"}
-_ATOM = re.compile(r"^(?:[\w.]+|[^\s\w]|\(.*\)|\[.*\])$")
+_ATOM = re.compile(r"^(?:[\w.]+(?:\(.*\))?|[^\s\w]|\(.*\)|\[.*\])$")
 _BOX = ("⟦", "⟧")
 _INLINE_MAX = 300  # an inline $ without a close this near is a dollar sign, not math
 

@@ -1,0 +1,229 @@
+"""`phiflash chat`: the terminal math tutor.
+
+``make_app`` builds the app for the CLI and for the tests; ``main`` parses the flags. The app
+holds the plain-data state (conversation, settings, engine); screens display it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from phiflash.tui.conversation import Conversation
+from phiflash.tui.history import HistoryStore
+from phiflash.tui.screens.chat import ChatScreen
+from phiflash.tui.worker import EngineFailed, EngineReady, describe_error
+from textual.app import App
+
+from phiflash.engine import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TEMP,
+    DEFAULT_TOP_P,
+    FakeEngine,
+    GenerationParams,
+)
+
+DEMO_REPLY = (
+    "<think>The problem asks for the sum of the first 10 positive integers. "
+    "Use Gauss's pairing: 1 + 10, 2 + 9, and so on give 5 pairs of 11. "
+    "So the sum is 5 times 11 = 55. Check with the formula n(n+1)/2 = 10 * 11 / 2 = 55. "
+    "Good.</think>\n"
+    "Pair the numbers from both ends:\n\n"
+    "- $1 + 10 = 11$, $2 + 9 = 11$, … there are $\\frac{10}{2} = 5$ such pairs.\n"
+    "- In general $\\sum_{k=1}^{n} k = \\frac{n(n+1)}{2}$.\n\n"
+    "So the sum is\n\\[ 5 \\times 11 = \\boxed{55} \\]"
+)
+
+
+class PhiflashApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "phiflash chat"
+
+    def __init__(
+        self,
+        engine=None,
+        *,
+        engine_factory: Callable[[], object] | None = None,
+        store: HistoryStore | None = None,
+        params: GenerationParams | None = None,
+        system_prompt: str | None = None,
+        resume: bool = False,
+        export_dir: Path | None = None,
+        batch_interval: float = 0.05,
+        model_label: str = "",
+    ):
+        super().__init__()
+        self.engine = engine
+        self.engine_factory = engine_factory
+        self.store = store or HistoryStore.default()
+        saved = self.store.get_settings()
+        self.params = params or GenerationParams(
+            max_tokens=saved.get("max_tokens", DEFAULT_MAX_TOKENS),
+            temperature=saved.get("temperature", DEFAULT_TEMP),
+            top_p=saved.get("top_p", DEFAULT_TOP_P),
+        )
+        self.system_prompt = (
+            system_prompt if system_prompt is not None else saved.get("system_prompt", "")
+        )
+        self.resume = resume
+        self.export_dir = Path(export_dir) if export_dir else Path.cwd()
+        self.batch_interval = batch_interval
+        self.model_label = model_label or (getattr(engine, "model_path", "") if engine else "")
+        self.engine_lock = threading.Lock()
+        self.load_error: str | None = None
+        self.last_export: Path | None = None
+        self.conversation = Conversation(system_prompt=self.system_prompt)
+        self.chat_screen = ChatScreen()
+
+    def get_default_screen(self) -> ChatScreen:
+        return self.chat_screen
+
+    async def start(self) -> None:
+        """Called once the chat screen is mounted: resume, then load the engine."""
+        if self.resume:
+            last = self.store.last_id()
+            if last is None:
+                self.notify("No saved conversation to resume.", timeout=3)
+            else:
+                await self.open_conversation(last)
+        if self.engine is not None:
+            self._engine_ready(self.engine)
+        elif self.engine_factory is not None:
+            self.chat_screen.show_loading(f"Loading {self.model_label or 'the model'}…")
+            self.run_worker(self._load_engine, thread=True, group="load")
+        else:
+            self.chat_screen.show_loading(None)
+
+    def _load_engine(self) -> None:
+        try:
+            engine = self.engine_factory()
+        except ImportError as e:
+            self.post_message(EngineFailed(f"this engine is not available here ({e})"))
+        except Exception as e:
+            self.post_message(EngineFailed(describe_error(e)))
+        else:
+            self.post_message(EngineReady(engine))
+
+    def _engine_ready(self, engine) -> None:
+        self.engine = engine
+        self.model_label = self.model_label or engine.model_path
+        self.chat_screen.show_loading(None)
+        self.chat_screen.query_one("#stats").set_engine(engine)
+        self.sub_title = f"{Path(engine.model_path).name} · {engine.name} {engine.quantization}"
+
+    def on_engine_ready(self, message: EngineReady) -> None:
+        self._engine_ready(message.engine)
+
+    async def on_engine_failed(self, message: EngineFailed) -> None:
+        self.load_error = message.error
+        self.chat_screen.show_loading(None)
+        await self.chat_screen.add_error(f"Could not load the model: {message.error}")
+
+    # state changes, called by the screens
+
+    def new_problem(self) -> None:
+        """A fresh context: empty conversation, engine cache dropped."""
+        if self.engine is not None:
+            with self.engine_lock:
+                self.engine.reset()
+        self.conversation = Conversation(system_prompt=self.system_prompt)
+
+    async def open_conversation(self, conversation_id: int) -> None:
+        conv = self.store.load(conversation_id)
+        if conv is None:
+            return
+        if self.engine is not None:
+            with self.engine_lock:
+                self.engine.reset()
+        self.conversation = conv
+        await self.chat_screen.show_conversation()
+
+    def apply_settings(self, system_prompt: str, temp: float, top_p: float, max_tokens: int):
+        self.system_prompt = system_prompt
+        self.params.temperature = temp
+        self.params.top_p = top_p
+        self.params.max_tokens = max_tokens
+        if not self.conversation.turns:
+            self.conversation.system_prompt = system_prompt
+        self.store.put_settings(
+            {
+                "system_prompt": system_prompt,
+                "temperature": temp,
+                "top_p": top_p,
+                "max_tokens": max_tokens,
+            }
+        )
+
+
+def make_app(engine=None, **kwargs) -> PhiflashApp:
+    """The app for the CLI and the tests (``engine`` ready-made, or ``engine_factory``)."""
+    return PhiflashApp(engine, **kwargs)
+
+
+class _SlowLoadFake(FakeEngine):
+    """The hidden demo engine (``PHIFLASH_FAKE_ENGINE=1``): canned math with a visible load."""
+
+
+def _demo_engine() -> FakeEngine:
+    time.sleep(float(os.environ.get("PHIFLASH_FAKE_LOAD_S", "1.5")))
+    delay = float(os.environ.get("PHIFLASH_FAKE_DELAY", "0.08"))
+    return _SlowLoadFake(reply=DEMO_REPLY, delay=delay, model_path="demo (fake engine)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="phiflash chat", description="Terminal math tutor on Phi-4-mini-flash-reasoning."
+    )
+    p.add_argument("--model", help="HF/MLX model dir or .gguf file (default: bundled model)")
+    p.add_argument("--engine", choices=["mlx", "gguf"], help="force an engine")
+    p.add_argument("--system-prompt", help="system prompt for new problems")
+    p.add_argument("--temp", type=float, help=f"sampling temperature (default {DEFAULT_TEMP})")
+    p.add_argument("--top-p", type=float, help=f"nucleus sampling (default {DEFAULT_TOP_P})")
+    p.add_argument(
+        "--max-tokens", type=int, help=f"max tokens per answer (default {DEFAULT_MAX_TOKENS})"
+    )
+    p.add_argument("--resume", action="store_true", help="reopen the last conversation")
+    args = p.parse_args(argv)
+    if args.temp is not None and not 0.0 <= args.temp <= 2.0:
+        p.error("--temp must be between 0 and 2")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        p.error("--top-p must be in (0, 1]")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        p.error("--max-tokens must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.environ.get("PHIFLASH_FAKE_ENGINE") == "1":
+        factory, label = _demo_engine, "demo (fake engine)"
+    else:
+        from phiflash.engine import open_engine
+
+        def factory():
+            return open_engine(args.model, args.engine)
+
+        label = args.model or "the bundled model"
+    store = HistoryStore.default()
+    app = make_app(
+        engine_factory=factory,
+        store=store,
+        system_prompt=args.system_prompt,
+        resume=args.resume,
+        model_label=label,
+    )
+    for name, attr in (("temp", "temperature"), ("top_p", "top_p"), ("max_tokens", "max_tokens")):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(app.params, attr, value)
+    app.run()
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

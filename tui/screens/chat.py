@@ -1,0 +1,248 @@
+"""The chat screen: messages, input, stats. Generation state lives in the app."""
+
+from __future__ import annotations
+
+import threading
+
+from phiflash.tui.conversation import Turn, title_for
+from phiflash.tui.widgets.message import AssistantMessage, ErrorMessage, UserMessage
+from phiflash.tui.widgets.stats import StatsBar
+from phiflash.tui.worker import Delta, Failed, Finished, run_generation
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Input, LoadingIndicator, Static
+from textual.worker import get_current_worker
+
+WELCOME = (
+    "Type a math problem and press **Enter**. The tutor thinks first (dimmed, folds away when "
+    "the answer starts), then answers. Follow-up questions stay in the same problem; "
+    "**ctrl+n** starts a new one."
+)
+
+
+class ChatScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "stop", "Stop", priority=True),
+        Binding("ctrl+n", "new_problem", "New problem", priority=True),
+        Binding("ctrl+t", "toggle_think", "Thinking"),
+        Binding("ctrl+y", "copy", "Copy answer"),
+        Binding("ctrl+r", "history", "History"),
+        Binding("ctrl+s", "settings", "Settings"),
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.gen = 0  # id of the current generation; messages from older ones are ignored
+        self.streaming: AssistantMessage | None = None
+        self._save_lock = threading.Lock()
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="messages"):
+            yield Static(WELCOME, id="welcome", markup=False)
+        with Vertical(id="loading"):
+            yield LoadingIndicator()
+            yield Static("", id="loading-label")
+        yield Input(placeholder="Type a math problem and press Enter", id="prompt")
+        yield StatsBar(id="stats")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.query_one("#welcome", Static).update(WELCOME.replace("**", ""))
+        await self.show_conversation()
+        self.query_one("#prompt", Input).focus()
+        await self.app.start()
+
+    # loading
+
+    def show_loading(self, label: str | None) -> None:
+        box = self.query_one("#loading")
+        box.display = label is not None
+        if label is not None:
+            self.query_one("#loading-label", Static).update(label)
+
+    # rendering the conversation
+
+    async def show_conversation(self) -> None:
+        messages = self.query_one("#messages", VerticalScroll)
+        await messages.query("UserMessage, AssistantMessage, ErrorMessage").remove()
+        self.query_one("#welcome").display = not self.app.conversation.turns
+        widgets = [self._widget_for(turn) for turn in self.app.conversation.turns]
+        if widgets:
+            await messages.mount_all(widgets)
+        messages.scroll_end(animate=False)
+        self.query_one(StatsBar).show(None, context_used=0)
+
+    def _widget_for(self, turn: Turn):
+        if turn.role == "user":
+            return UserMessage(turn)
+        if turn.role == "assistant":
+            return AssistantMessage(turn)
+        return ErrorMessage(turn)
+
+    async def add_error(self, text: str) -> None:
+        app = self.app
+        turn = Turn("error", text, "error")
+        app.conversation.turns.append(turn)
+        if app.conversation.id is not None:
+            app.store.add(app.conversation, turn, app.model_label)
+        await self._mount(ErrorMessage(turn))
+
+    async def _mount(self, widget) -> None:
+        messages = self.query_one("#messages", VerticalScroll)
+        self.query_one("#welcome").display = False
+        await messages.mount(widget)
+        messages.scroll_end(animate=False)
+
+    # sending
+
+    @on(Input.Submitted, "#prompt")
+    async def send(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            return
+        app = self.app
+        if self.streaming is not None:
+            self.notify("Still answering: press Esc to stop it first.", severity="warning")
+            return
+        if app.engine is None:
+            if app.load_error:
+                self.notify("No model is loaded (see the message above).", severity="error")
+            else:
+                self.notify("The model is still loading…", severity="warning")
+            return
+        event.input.value = ""
+        conv = app.conversation
+        if not conv.title:
+            conv.title = title_for(text)
+        user = Turn("user", text)
+        conv.turns.append(user)
+        app.store.add(conv, user, app.model_label)
+        messages = conv.engine_messages()
+        reply = Turn("assistant", "", "streaming")
+        conv.turns.append(reply)
+        app.store.add(conv, reply, app.model_label)
+        await self._mount(UserMessage(user))
+        self.streaming = AssistantMessage(reply)
+        await self._mount(self.streaming)
+        self.gen += 1
+        self.generate(self.gen, messages, reply.id)
+
+    @work(thread=True, exclusive=True, group="generate")
+    def generate(self, gen: int, messages: list[dict], message_id: int) -> None:
+        app = self.app
+        worker = get_current_worker()
+
+        def should_stop() -> bool:
+            return worker.is_cancelled or gen != self.gen or self.streaming is None
+
+        def save(text: str, status: str) -> None:
+            with self._save_lock:
+                if gen == self.gen and self.streaming is not None:
+                    app.store.update(message_id, text, status)
+
+        with app.engine_lock:  # an older, stopped generation may still be winding down
+            if should_stop():
+                return
+            run_generation(
+                app.engine,
+                messages,
+                app.params,
+                gen,
+                should_stop,
+                self.post_message,
+                save,
+                app.batch_interval,
+            )
+
+    async def on_delta(self, message: Delta) -> None:
+        if message.gen != self.gen or self.streaming is None:
+            return
+        widget = self.streaming
+        widget.turn.content += message.text
+        messages = self.query_one("#messages", VerticalScroll)
+        follow = messages.scroll_offset.y >= messages.max_scroll_y - 2
+        await widget.append(message.text)
+        self.query_one(StatsBar).show(message.chunk)
+        if follow:
+            messages.scroll_end(animate=False)
+
+    async def on_finished(self, message: Finished) -> None:
+        if message.gen != self.gen or self.streaming is None:
+            return
+        widget, self.streaming = self.streaming, None
+        widget.turn.content = message.text
+        await self._finish(widget, message.text, message.status)
+        self.query_one(StatsBar).show(message.chunk)
+
+    async def on_failed(self, message: Failed) -> None:
+        if message.gen != self.gen or self.streaming is None:
+            return
+        widget, self.streaming = self.streaming, None
+        widget.turn.content = message.text
+        conv = self.app.conversation
+        if message.text:
+            await self._finish(widget, message.text, "stopped")
+        else:
+            conv.turns.remove(widget.turn)
+            self.app.store.delete_message(widget.turn.id)
+            await widget.remove()
+        await self.add_error(message.error)
+
+    async def _finish(self, widget: AssistantMessage, text: str, status: str) -> None:
+        widget.raw = text
+        await widget.finish(status)
+        self.query_one("#messages", VerticalScroll).scroll_end(animate=False)
+
+    # actions
+
+    async def action_stop(self) -> None:
+        """Stop at once: keep what is shown, save it, let the engine wind down on its own."""
+        widget = self.streaming
+        if widget is None:
+            return
+        with self._save_lock:
+            self.streaming = None
+            text = widget.turn.content
+            widget.turn.status = "stopped"
+            self.app.store.update(widget.turn.id, text, "stopped")
+        self.workers.cancel_group(self, "generate")
+        await self._finish(widget, text, "stopped")
+
+    async def action_new_problem(self) -> None:
+        await self.action_stop()
+        self.app.new_problem()
+        await self.show_conversation()
+        self.notify("New problem: fresh context.", timeout=2)
+
+    def _last_assistant(self) -> AssistantMessage | None:
+        found = self.query(AssistantMessage)
+        return found.last() if found else None
+
+    def action_toggle_think(self) -> None:
+        widget = self._last_assistant()
+        if widget is not None:
+            widget.toggle_think()
+
+    def action_copy(self) -> None:
+        widget = self._last_assistant()
+        if widget is None:
+            self.notify("Nothing to copy yet.")
+            return
+        self.app.copy_to_clipboard(widget.answer_raw())
+        self.notify("Copied the answer (raw Markdown + LaTeX).", timeout=2)
+
+    def action_history(self) -> None:
+        if self.streaming is not None:
+            self.notify("Still answering: press Esc to stop it first.", severity="warning")
+            return
+        from phiflash.tui.screens.history import HistoryScreen
+
+        self.app.push_screen(HistoryScreen())
+
+    def action_settings(self) -> None:
+        from phiflash.tui.screens.settings import SettingsScreen
+
+        self.app.push_screen(SettingsScreen())
