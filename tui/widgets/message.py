@@ -114,8 +114,10 @@ class AssistantMessage(Vertical):
         split = split_think(raw, final=True)
         self.think.display = split.has_think and bool(split.think.strip())
         await self.query_one(".think-text", Markdown).update(render_markdown(split.think))
-        if split.has_think:
+        if split.has_think and "</think>" in raw:
             self._fold(split.think)
+        elif split.has_think:
+            self.think.title = "Reasoning (stopped while thinking) · ctrl+t"
         await self.answer.update(render_markdown(split.answer))
         boxed = last_boxed(split.answer)
         if boxed is not None:
