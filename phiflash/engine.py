@@ -141,19 +141,34 @@ class FakeEngine:
         pieces = self._pieces()
         for i, piece in enumerate(pieces):
             if should_stop is not None and should_stop():
-                yield Chunk("", prompt_tokens=n_prompt, generation_tokens=i,
-                            context_used=n_prompt + i, finish_reason="cancelled")
+                yield Chunk(
+                    "",
+                    prompt_tokens=n_prompt,
+                    generation_tokens=i,
+                    context_used=n_prompt + i,
+                    finish_reason="cancelled",
+                )
                 return
             if self.delay:
                 time.sleep(self.delay)
             if i + 1 >= params.max_tokens:
-                yield Chunk(piece, i, n_prompt, 1000.0, i + 1, 100.0, 0.1,
-                            n_prompt + i + 1, "length")
+                yield Chunk(
+                    piece, i, n_prompt, 1000.0, i + 1, 100.0, 0.1, n_prompt + i + 1, "length"
+                )
                 return
             elapsed = max(time.perf_counter() - start, 1e-6)
             last = i == len(pieces) - 1
-            yield Chunk(piece, i, n_prompt, 1000.0, i + 1, (i + 1) / elapsed, 0.1,
-                        n_prompt + i + 1, "stop" if last else None)
+            yield Chunk(
+                piece,
+                i,
+                n_prompt,
+                1000.0,
+                i + 1,
+                (i + 1) / elapsed,
+                0.1,
+                n_prompt + i + 1,
+                "stop" if last else None,
+            )
         self._cached = n_prompt + len(pieces)
 
 

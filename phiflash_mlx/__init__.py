@@ -1,13 +1,10 @@
 """The MLX engine: the SambaY model, loading, and generation on top of mlx-lm."""
 
-from phiflash_mlx.load import load
+from phiflash_mlx.blas import preload_openblas
+
+preload_openblas()  # before mlx is imported
+
+from phiflash_mlx.generate import generate, stream_generate  # noqa: E402
+from phiflash_mlx.load import load  # noqa: E402
 
 __all__ = ["load", "generate", "stream_generate"]
-
-
-def __getattr__(name):
-    if name in ("generate", "stream_generate"):
-        from phiflash_mlx import generate as _g
-
-        return getattr(_g, name)
-    raise AttributeError(name)

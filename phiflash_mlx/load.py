@@ -16,8 +16,20 @@ from phiflash_mlx.model import Model, ModelArgs
 MODEL_TYPES = ("phi4flash",)
 ARCHITECTURES = ("Phi4FlashForCausalLM",)
 _SAFETENSORS_DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2,
-    "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "U32": 4,
+    "I16": 2,
+    "U16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
 }
 
 
@@ -116,8 +128,13 @@ def _quantize(model: nn.Module, config: dict, weights: dict) -> None:
             return False
         return hasattr(m, "to_quantized") and f"{p}.scales" in weights
 
-    nn.quantize(model, group_size=q["group_size"], bits=q["bits"],
-                mode=q.get("mode", "affine"), class_predicate=predicate)
+    nn.quantize(
+        model,
+        group_size=q["group_size"],
+        bits=q["bits"],
+        mode=q.get("mode", "affine"),
+        class_predicate=predicate,
+    )
 
 
 def _check_names_and_shapes(model: nn.Module, weights: dict) -> None:

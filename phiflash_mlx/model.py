@@ -9,7 +9,7 @@
 
 import math
 from dataclasses import dataclass
-from typing import Any, List, Optional, Union
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -26,14 +26,14 @@ class ModelArgs(BaseModelArgs):
     num_hidden_layers: int = 32
     num_attention_heads: int = 40
     num_key_value_heads: int = 20
-    sliding_window: Optional[Union[int, List[Optional[int]]]] = 512
-    layer_types: Optional[List[str]] = None
+    sliding_window: int | list[int | None] | None = 512
+    layer_types: list[str] | None = None
     mb_per_layer: int = 2
     layer_norm_eps: float = 1e-5
     mamba_d_state: int = 16
     mamba_d_conv: int = 4
     mamba_expand: int = 2
-    mamba_dt_rank: Union[int, str] = "auto"
+    mamba_dt_rank: int | str = "auto"
     mamba_conv_bias: bool = True
     mamba_proj_bias: bool = False
     tie_word_embeddings: bool = True
@@ -235,9 +235,7 @@ class Mamba(nn.Module):
             conv_state = mx.zeros((b, self.d_conv - 1, self.d_inner), dtype=xb.dtype)
         xpad = mx.concatenate([conv_state, xb], axis=1)
         u = nn.silu(self.conv1d(xpad, T)).astype(x.dtype)
-        dt, B, C = mx.split(
-            self.x_proj(u), [self.dt_rank, self.dt_rank + self.d_state], axis=-1
-        )
+        dt, B, C = mx.split(self.x_proj(u), [self.dt_rank, self.dt_rank + self.d_state], axis=-1)
         f32 = mx.float32
         dt = softplus(self.dt_proj(dt).astype(f32))
         state = cache[1] if cache is not None else None
@@ -245,7 +243,13 @@ class Mamba(nn.Module):
             state = mx.zeros((b, self.d_inner, self.d_state), dtype=f32)
         A = -mx.exp(self.A_log.astype(f32))
         y, state = selective_scan(
-            u.astype(f32), dt, A, B.astype(f32), C.astype(f32), self.D.astype(f32), state,
+            u.astype(f32),
+            dt,
+            A,
+            B.astype(f32),
+            C.astype(f32),
+            self.D.astype(f32),
+            state,
             training=self.training,
         )
         if cache is not None:
@@ -410,7 +414,7 @@ class Model(nn.Module):
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
-    def __call__(self, inputs: mx.array, cache: Optional[List[Any]] = None):
+    def __call__(self, inputs: mx.array, cache: list[Any] | None = None):
         h = self.model(inputs, cache)
         if self.args.tie_word_embeddings:
             return self.model.embed_tokens.as_linear(h)

@@ -1,0 +1,172 @@
+"""The MLX engine behind DESIGN.md's engine protocol."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from phiflash.engine import Chunk, GenerationParams, Message
+from phiflash.errors import PromptCacheError
+
+
+def describe_quantization(config: dict, model=None) -> str:
+    q = config.get("quantization")
+    if q:
+        if any(isinstance(v, dict) for v in q.values()):
+            return "mixed"
+        return f"{q['bits']}-bit"
+    if model is not None:
+        dtype = str(model.model.embed_tokens.weight.dtype).rsplit(".", 1)[-1]
+        return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
+    return "bf16"
+
+
+class MLXEngine:
+    """Keeps one prompt cache; a prompt that extends the cached tokens only feeds the rest."""
+
+    name = "mlx"
+
+    def __init__(
+        self,
+        model_path: str,
+        dtype=None,
+        prompt_cache_file: str | None = None,
+        prefill_step_size: int = 2048,
+    ):
+        from phiflash_mlx import load
+        from phiflash_mlx.blas import preload_openblas
+
+        self.model, self.tokenizer = load(model_path, dtype=dtype)
+        self.model_path = str(model_path)
+        self.config = json.loads((Path(model_path) / "config.json").read_text())
+        self.quantization = describe_quantization(self.config, self.model)
+        self.context_limit = int(self.config.get("max_position_embeddings", 65536))
+        self.prefill_step_size = prefill_step_size
+        self.backend_note = f"CPU BLAS: {preload_openblas()}"
+        self._cache = None
+        self._tokens: list[int] = []
+        self._pinned = prompt_cache_file
+        if prompt_cache_file:
+            load_prompt_cache_file(prompt_cache_file)  # fail early on a bad file
+
+    # -- protocol ---------------------------------------------------------------------------
+    def apply_chat_template(self, messages: list[Message]) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        return len(self.encode(self.apply_chat_template(messages)))
+
+    def reset(self) -> None:
+        self._cache = None
+        self._tokens = []
+
+    def stream(self, messages, params: GenerationParams, should_stop=None) -> Iterator[Chunk]:
+        return self._stream_tokens(
+            self.encode(self.apply_chat_template(messages)), params, should_stop
+        )
+
+    def stream_prompt(self, prompt: str, params: GenerationParams, should_stop=None):
+        return self._stream_tokens(self.encode(prompt), params, should_stop)
+
+    # -- internals --------------------------------------------------------------------------
+    def _prepare(self, tokens: list[int]) -> list[int]:
+        """Pick the cache to continue from and return the tokens still to be processed."""
+        from mlx_lm.models.cache import make_prompt_cache
+
+        n = len(self._tokens)
+        if self._cache is not None and n < len(tokens) and tokens[:n] == self._tokens:
+            return tokens[n:]
+        if self._pinned is not None:
+            # Re-read the file each time: caches are updated in place while generating.
+            cache, cached = load_prompt_cache_file(self._pinned)
+            if len(cached) >= len(tokens) or tokens[: len(cached)] != cached:
+                raise PromptCacheError(
+                    "the prompt cache was made for a prompt that is not a prefix of this one; "
+                    "a Mamba state cannot be rewound, so it cannot be reused here"
+                )
+            self._cache, self._tokens = cache, list(cached)
+            return tokens[len(cached) :]
+        self._cache, self._tokens = make_prompt_cache(self.model), []
+        return tokens
+
+    def _stream_tokens(
+        self, tokens: list[int], params: GenerationParams, should_stop: Callable[[], bool] | None
+    ) -> Iterator[Chunk]:
+        import mlx.core as mx
+
+        from phiflash_mlx.generate import check_context, stream_generate
+
+        check_context(len(tokens), params.max_tokens, self.context_limit)
+        new = self._prepare(tokens)
+        if params.seed is not None:
+            mx.random.seed(params.seed)
+        # Every token mlx-lm yields has already been fed to the model (it runs one step
+        # ahead), so the cache always holds prompt + all tokens received so far.
+        self._tokens = self._tokens + new
+        gen = stream_generate(
+            self.model,
+            self.tokenizer,
+            new,
+            params.max_tokens,
+            temp=params.temperature,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            top_k=params.top_k,
+            prompt_cache=self._cache,
+            prefill_step_size=self.prefill_step_size,
+        )
+        try:
+            for r in gen:
+                self._tokens.append(int(r.token))
+                chunk = Chunk(
+                    text=r.text,
+                    token=int(r.token),
+                    prompt_tokens=r.prompt_tokens,
+                    prompt_tps=r.prompt_tps,
+                    generation_tokens=r.generation_tokens,
+                    generation_tps=r.generation_tps,
+                    peak_memory_gb=r.peak_memory,
+                    context_used=len(self._tokens),
+                    finish_reason=r.finish_reason,
+                )
+                if r.finish_reason is None and should_stop is not None and should_stop():
+                    chunk.finish_reason = "cancelled"
+                    yield chunk
+                    return
+                yield chunk
+        finally:
+            gen.close()
+
+
+def prompt_cache_metadata(path: str) -> dict:
+    from mlx_lm.models.cache import load_prompt_cache
+
+    if not Path(path).is_file():
+        raise PromptCacheError(f"prompt cache file not found: {path}")
+    try:
+        _, meta = load_prompt_cache(path, return_metadata=True)
+    except Exception as e:
+        raise PromptCacheError(f"{path} is not a prompt cache ({e})") from e
+    if "phiflash_tokens" not in meta:
+        raise PromptCacheError(f"{path} was not made by `phiflash cache-prompt`")
+    return meta
+
+
+def load_prompt_cache_file(path: str):
+    """(cache, tokens) from a file written by `phiflash cache-prompt`."""
+    from mlx_lm.models.cache import load_prompt_cache
+
+    if not Path(path).is_file():
+        raise PromptCacheError(f"prompt cache file not found: {path}")
+    try:
+        cache, meta = load_prompt_cache(path, return_metadata=True)
+        tokens = json.loads(meta["phiflash_tokens"])
+    except Exception as e:
+        raise PromptCacheError(f"{path} is not a phiflash prompt cache ({e})") from e
+    return cache, tokens

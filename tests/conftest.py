@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = FIXTURES / "sambay-tiny"
+REAL_CONFIG = FIXTURES / "real-config"
+
+
+@pytest.fixture(scope="session")
+def golden():
+    import numpy as np
+
+    return dict(np.load(TINY / "golden.npz"))
+
+
+@pytest.fixture(scope="session")
+def tiny_fp32():
+    import mlx.core as mx
+
+    from phiflash_mlx import load
+
+    return load(TINY, dtype=mx.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_bf16():
+    from phiflash_mlx import load
+
+    return load(TINY)
