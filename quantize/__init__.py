@@ -1,0 +1,1 @@
+"""Conversions: HF checkpoint to MLX and GGUF, and fidelity evaluation."""
