@@ -215,7 +215,6 @@ class ChatScreen(Screen):
         await self.action_stop()
         self.app.new_problem()
         await self.show_conversation()
-        self.notify("New problem: fresh context.", timeout=2)
 
     def _last_assistant(self) -> AssistantMessage | None:
         found = self.query(AssistantMessage)
