@@ -1,0 +1,155 @@
+"""The SambaY llama.cpp fork against the golden logits of the sambay-tiny fixture.
+
+Builds the fork through the cached build (a no-op when `make fork` ran) and converts the
+fixture with `phiflash convert-gguf`'s library function.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from phiflash.quantize.gguf_convert import convert
+
+from phiflash_gguf.build import ensure_llama_cpp
+
+TINY = Path(__file__).parent / "fixtures" / "sambay-tiny"
+GGML_TYPE_F32 = 0
+
+
+@pytest.fixture(scope="module")
+def lc():
+    return ensure_llama_cpp()
+
+
+@pytest.fixture(scope="module")
+def ggufs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gguf")
+    return {
+        t: convert(TINY, out / f"tiny-{t}.gguf", t, progress=False)
+        for t in ("f32", "f16", "bf16", "q8_0")
+    }
+
+
+def _llm(lc, path, flash_attn, f32_cache=True, logits_all=True):
+    kw = {"type_k": GGML_TYPE_F32, "type_v": GGML_TYPE_F32} if f32_cache else {}
+    return lc.Llama(
+        str(path),
+        n_ctx=256,
+        n_batch=128,
+        logits_all=logits_all,
+        flash_attn=flash_attn,
+        n_threads=2,
+        verbose=False,
+        **kw,
+    )
+
+
+def _rel(a, ref):
+    return float(np.abs(a - ref).max() / np.abs(ref).max())
+
+
+def _last_logits(lc, llm):
+    return np.ctypeslib.as_array(lc.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+
+
+@pytest.mark.parametrize("flash_attn", [True, False], ids=["fa-on", "fa-off"])
+def test_f32_prefill_and_decode_match_golden(lc, ggufs, golden, flash_attn):
+    llm = _llm(lc, ggufs["f32"], flash_attn)
+    ids = golden["prompt_ids"].tolist()
+    assert llm.tokenize(str(golden["prompt_text"]).encode(), add_bos=False, special=True) == ids
+    llm.eval(ids)
+    assert _rel(llm.scores[: len(ids)], golden["logits_prefill"]) <= 1e-4
+    for t in golden["decode_ids"].tolist():
+        llm.eval([t])
+    decode = llm.scores[len(ids) : len(ids) + len(golden["decode_ids"])]
+    assert _rel(decode, golden["logits_decode"]) <= 1e-4
+
+
+@pytest.mark.parametrize("flash_attn", [True, False], ids=["fa-on", "fa-off"])
+def test_f32_chunked_prompt_last_rows(lc, ggufs, golden, flash_attn):
+    # only the last row of each chunk is asked for: the cross-decoder runs on that row only
+    llm = _llm(lc, ggufs["f32"], flash_attn, logits_all=False)
+    ids, b = golden["prompt_ids"].tolist(), golden["chunk_bounds"].tolist()
+    for k in range(len(b) - 1):
+        llm.eval(ids[b[k] : b[k + 1]])
+        assert _rel(_last_logits(lc, llm), golden["logits_chunked"][k]) <= 1e-4
+
+
+@pytest.mark.parametrize("flash_attn", [True, False], ids=["fa-on", "fa-off"])
+def test_f32_greedy_continuation(lc, ggufs, golden, flash_attn):
+    llm = _llm(lc, ggufs["f32"], flash_attn, logits_all=False)
+    ids = golden["prompt_ids"].tolist()
+    llm.eval(ids)
+    out = []
+    for _ in range(len(golden["greedy_ids"])):
+        tok = int(np.argmax(_last_logits(lc, llm)))
+        out.append(tok)
+        llm.eval([tok])
+    assert out == golden["greedy_ids"].tolist()
+
+
+@pytest.mark.parametrize("outtype", ["f16", "bf16"])
+def test_half_precision_within_bf16_tolerance(lc, ggufs, golden, outtype):
+    # F16 KV cache (the default) and half-precision weights: the fixture README's bf16 bar
+    llm = _llm(lc, ggufs[outtype], flash_attn=True, f32_cache=False)
+    ids = golden["prompt_ids"].tolist()
+    llm.eval(ids)
+    logits = llm.scores[: len(ids)]
+    assert float(np.abs(logits - golden["logits_prefill"]).max()) <= 1.4
+    agree = (logits.argmax(1) == golden["logits_prefill"].argmax(1)).mean()
+    assert agree >= 0.95
+
+
+def test_q8_0_top1_agreement_with_f32(lc, ggufs, golden):
+    from gguf import GGUFReader
+
+    types = {t.name: t.tensor_type.name for t in GGUFReader(ggufs["q8_0"]).tensors}
+    assert types["blk.0.ffn_up.weight"] == "Q8_0"
+    assert types["blk.0.ssm_x.weight"] == "Q8_0"
+    # dt_proj rows are dt_rank = 8 wide here, narrower than a Q8_0 block: clean F16 fallback
+    assert types["blk.0.ssm_dt.weight"] == "F16"
+    assert types["blk.0.ssm_a"] == "F32" and types["blk.1.attn_sub_norm.weight"] == "F32"
+
+    ids = golden["prompt_ids"].tolist()
+    rows = {}
+    for t in ("f32", "q8_0"):
+        llm = _llm(lc, ggufs[t], flash_attn=True)
+        llm.eval(ids)
+        rows[t] = llm.scores[: len(ids)].copy()
+    f32, q8 = rows["f32"], rows["q8_0"]
+    agree = q8.argmax(1) == f32.argmax(1)
+    top2 = np.sort(f32, 1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    # This random tiny model has near-ties at many prompt positions (10 of 103 have a top-1
+    # margin < 0.11, logit std 3.9); even bf16 keeps only 95% of the argmaxes (fixture
+    # README). So the 98% bar is held where F32 has a real margin, plus overall bounds.
+    assert agree[margin >= 0.5].mean() >= 0.98
+    assert agree.mean() >= 0.85
+    top3 = np.argsort(f32, 1)[:, -3:]
+    assert all(q8.argmax(1)[i] in top3[i] for i in range(len(ids)))
+    p, q = _softmax(f32), _softmax(q8)
+    assert float((p * (np.log(p) - np.log(q))).sum(1).mean()) <= 0.05
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_q4_k_m_falls_back_where_k_quants_do_not_fit(lc, tmp_path, golden):
+    from gguf import GGUFReader
+
+    path = convert(TINY, tmp_path / "tiny-q4km.gguf", "q4_k_m", progress=False)
+    tensors = GGUFReader(path).tensors
+    types = {t.name: t.tensor_type.name for t in tensors}
+    # K-quants need rows that are a multiple of 256; hidden 128 is not, d_inner 256 is
+    for t in tensors:
+        if t.tensor_type.name.endswith("_K"):
+            assert t.shape[0] % 256 == 0, t.name
+    assert types["blk.0.ffn_up.weight"] == "Q5_0"  # Q4_K fallback
+    assert types["blk.0.ssm_out.weight"] == "Q4_K"
+    assert types["blk.2.ssm_x.weight"] == "Q8_0"
+    llm = _llm(lc, path, flash_attn=True)
+    ids = golden["prompt_ids"].tolist()
+    llm.eval(ids)
+    assert np.isfinite(llm.scores[: len(ids)]).all()
