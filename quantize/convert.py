@@ -19,9 +19,9 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path, tree_unflatten
+from phiflash.quantize.recipes import MODE, RECIPES, recipe_predicate, uniform_predicate
 
 from phiflash.errors import PhiflashError
-from phiflash.quantize.recipes import MODE, RECIPES, recipe_predicate, uniform_predicate
 
 MAX_SHARD_BYTES = 5 << 30
 DTYPES = ("float16", "bfloat16", "float32")
@@ -59,9 +59,7 @@ def quantize_model(model: nn.Module, q_bits: int, q_group_size: int, recipe=None
         predicate = uniform_predicate(q_bits, q_group_size)
     config = {"group_size": q_group_size, "bits": q_bits, "mode": MODE}
     default = dict(config)
-    leaves = [
-        (p, m) for p, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))
-    ]
+    leaves = [(p, m) for p, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))]
     packed = []
     for path, module in tqdm(leaves, desc="quantizing", unit="layer", disable=not progress):
         params = predicate(path, module)
@@ -177,11 +175,11 @@ def copy_support_files(src: Path, out: Path) -> None:
         f = src / name
         if not f.is_file():
             continue
-        if name == "tokenizer_config.json":
+        tc = json.loads(f.read_text()) if name == "tokenizer_config.json" else {}
+        if "auto_map" in tc:
             # Same reason as config.json: an auto_map here would send AutoTokenizer to the hub.
-            tc = json.loads(f.read_text())
-            tc.pop("auto_map", None)
-            (out / name).write_text(json.dumps(tc, indent=2, ensure_ascii=False))
+            del tc["auto_map"]
+            (out / name).write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n")
         else:
             shutil.copyfile(f, out / name)
     shutil.copyfile(phiflash_mlx.model.__file__, out / "model.py")
