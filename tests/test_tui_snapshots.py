@@ -105,5 +105,7 @@ def test_snapshot_settings(snap_compare, tmp_path):
     async def run_before(pilot):
         await pilot.press("ctrl+s")
         await pilot.pause()
+        pilot.app.screen.query_one("#system-prompt").cursor_blink = False
+        await pilot.pause()
 
     assert snap_compare(_app(tmp_path), terminal_size=SIZE, run_before=run_before)
