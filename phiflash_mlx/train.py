@@ -105,6 +105,7 @@ class TrainConfig:
     ckpt_every: int = 250
     time_limit: float = 0.0  # seconds; stop (and export) when exceeded; 0 = none
     export_dir: str | None = None  # default: <out_dir>/model
+    export_tokenizer: bool = True  # copy the tokenizer files into the export dir
     resume: bool = False
     progress: bool | None = None
     log_every: int = 10
@@ -205,7 +206,14 @@ def hf_config(model: dict, special_ids: dict[str, int]) -> dict:
     }
 
 
-def export(model: Model, model_cfg: dict, tokenizer_dir, out_dir, dtype: str = "bfloat16"):
+def export(
+    model: Model,
+    model_cfg: dict,
+    tokenizer_dir,
+    out_dir,
+    dtype: str = "bfloat16",
+    tokenizer_files: bool = True,
+):
     """Write ``model`` as a Hugging Face-layout phi4flash checkpoint into ``out_dir``.
 
     ``model.safetensors`` holds the real tensor names (no lm_head: tied embeddings) in
@@ -217,7 +225,7 @@ def export(model: Model, model_cfg: dict, tokenizer_dir, out_dir, dtype: str = "
     out.mkdir(parents=True, exist_ok=True)
     tok_dir = Path(tokenizer_dir)
     ids = special_token_ids(tok_dir)
-    if out.resolve() != tok_dir.resolve():
+    if tokenizer_files and out.resolve() != tok_dir.resolve():
         for name in TOKENIZER_FILES:
             shutil.copyfile(tok_dir / name, out / name)
     dt = getattr(mx, dtype)
@@ -548,6 +556,7 @@ def train(cfg: TrainConfig) -> dict:
     ev_batches = eval_batches(encoder, heldout, 64) if heldout else []
     greedy_problems = dataset("test", cfg.greedy_n) if cfg.greedy_n else []
 
+    exp_kw = {"tokenizer_files": cfg.export_tokenizer}
     state = [model.state, optimizer.state]
 
     def step_fn(x, y, m):
@@ -626,7 +635,7 @@ def train(cfg: TrainConfig) -> dict:
                 _log(log_fh, {"step": step, **last_eval})
             if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or timed_out:
                 save_checkpoint(ckpt, model, optimizer, step, cfg)
-                export(model, cfg.model, cfg.tokenizer, export_dir)
+                export(model, cfg.model, cfg.tokenizer, export_dir, **exp_kw)
             if timed_out:
                 stopped_early = True
                 break
@@ -635,7 +644,7 @@ def train(cfg: TrainConfig) -> dict:
         data.close()
 
     save_checkpoint(ckpt, model, optimizer, step, cfg)
-    export(model, cfg.model, cfg.tokenizer, export_dir)
+    export(model, cfg.model, cfg.tokenizer, export_dir, **exp_kw)
     final = evaluate(greedy=True)
     seconds = time.perf_counter() - t0
     result = {
@@ -693,6 +702,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--greedy-n", type=int, default=d.greedy_n)
     ap.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     ap.add_argument("--time-limit", type=float, default=0.0, help="seconds, then stop and export")
+    ap.add_argument(
+        "--no-tokenizer-files",
+        action="store_true",
+        help="export only config.json, generation_config.json and model.safetensors",
+    )
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     ap.add_argument("--cpu", action="store_true", help="train on the CPU")
     ap.add_argument("--no-progress", action="store_true")
@@ -725,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt_every=a.ckpt_every,
         time_limit=a.time_limit,
         resume=a.resume,
+        export_tokenizer=not a.no_tokenizer_files,
         progress=False if a.no_progress else None,
     )
     print(f"phiflash train: device {mx.default_device()}, out {cfg.out_dir}", flush=True)
