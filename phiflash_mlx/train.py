@@ -107,6 +107,8 @@ class TrainConfig:
     export_dir: str | None = None  # default: <out_dir>/model
     export_tokenizer: bool = True  # copy the tokenizer files into the export dir
     resume: bool = False
+    stop_after: int = 0  # stop (checkpoint + export) after this many steps of this run; 0 = none
+    compile: bool = True
     progress: bool | None = None
     log_every: int = 10
 
@@ -567,7 +569,8 @@ def train(cfg: TrainConfig) -> dict:
         optimizer.update(model, grads)
         return loss, norm
 
-    step_fn = mx.compile(step_fn, inputs=state, outputs=state)
+    if cfg.compile:
+        step_fn = mx.compile(step_fn, inputs=state, outputs=state)
 
     log_fh = open(out / "train_log.jsonl", "a")
     _log(
@@ -628,7 +631,8 @@ def train(cfg: TrainConfig) -> dict:
                         "seconds": round(el, 2),
                     },
                 )
-            timed_out = cfg.time_limit and time.perf_counter() - t0 > cfg.time_limit
+            timed_out = bool(cfg.time_limit) and time.perf_counter() - t0 > cfg.time_limit
+            timed_out = timed_out or (cfg.stop_after > 0 and step - start >= cfg.stop_after)
             if cfg.eval_every and (step % cfg.eval_every == 0) and step < cfg.steps:
                 g = bool(cfg.greedy_every) and step % cfg.greedy_every == 0
                 last_eval = evaluate(g)
