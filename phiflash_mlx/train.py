@@ -97,7 +97,7 @@ class TrainConfig:
     seed: int = 0
     max_len: int = 416  # longest training sequence (tokens); longer dialogues are dropped
     chunk: int = 4096  # examples generated per data chunk (sorted by length into batches)
-    workers: int = 0  # data processes (0 = generate in this process)
+    workers: int = 0  # data threads (0 = generate in the training loop)
     eval_every: int = 250
     eval_n: int = 192  # held-out problems for the teacher-forced exact match
     greedy_every: int = 0  # 0 = only at the end
@@ -337,10 +337,10 @@ class DataStream:
         self.per_chunk = len(first)
         self.cache = {0: first}
         if cfg.workers > 0:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
+            # Threads: tokenizers encodes in Rust without the GIL, and mlx waits without it.
+            from concurrent.futures import ThreadPoolExecutor
 
-            self.pool = ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"))
+            self.pool = ThreadPoolExecutor(cfg.workers)
         self.step = start_step
 
     def _submit(self, c: int):
@@ -698,7 +698,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--clip", type=float, default=d.clip)
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype)
     ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--workers", type=int, default=d.workers, help="data processes")
+    ap.add_argument("--workers", type=int, default=d.workers, help="data threads")
     ap.add_argument("--chunk", type=int, default=d.chunk, help="examples per data chunk")
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
     ap.add_argument("--eval-n", type=int, default=d.eval_n)
