@@ -32,14 +32,16 @@ DEFAULT_TEXT = (
 )
 
 
-def mlx_logits(path, chunk: int = 512) -> LogitsFn:
-    """Logits source for an MLX model dir (HF layout or converted, any quantization)."""
+def mlx_logits(path, chunk: int = 512, float32: bool = False) -> LogitsFn:
+    """Logits source for an MLX model dir (HF layout or converted, any quantization).
+    ``float32`` runs float32 activations (unquantized weights upcast), which isolates the
+    weights' error from bf16 rounding in the computation."""
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
     from phiflash_mlx.load import load_model
 
-    model, _ = load_model(Path(path))
+    model, _ = load_model(Path(path), dtype=mx.float32 if float32 else None)
 
     def logits(tokens: list[int]) -> np.ndarray:
         cache = make_prompt_cache(model)
@@ -65,13 +67,13 @@ def gguf_logits(path) -> LogitsFn:
     return position_logits(str(path))
 
 
-def open_logits(path) -> LogitsFn:
+def open_logits(path, float32: bool = False) -> LogitsFn:
     path = Path(path)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         return gguf_logits(path)
-    return mlx_logits(path)
+    return mlx_logits(path, float32=float32)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -110,6 +112,7 @@ def evaluate(
     text: str | None = None,
     tokens: list[int] | None = None,
     max_tokens: int = 4096,
+    float32: bool = False,
 ) -> dict:
     """Compare ``model`` (dir or .gguf) with ``reference`` (dir) over ``text`` (tokenized with
     the reference's tokenizer) or explicit ``tokens``."""
@@ -121,8 +124,8 @@ def evaluate(
     tokens = list(tokens)[:max_tokens]
     if len(tokens) < 2:
         raise ModelLoadError("the text is too short: it needs at least 2 tokens")
-    ref = open_logits(reference)(tokens)
-    out = open_logits(model)(tokens)
+    ref = open_logits(reference, float32)(tokens)
+    out = open_logits(model, float32)(tokens)
     return {"reference": str(reference), "model": str(model), **compare_logits(ref, out, tokens)}
 
 
@@ -151,6 +154,12 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, help="model to judge: MLX dir or .gguf file")
     p.add_argument("--text", default=None, help="UTF-8 text file (default: a built-in passage)")
     p.add_argument("--max-tokens", type=int, default=4096, help="use at most N tokens")
+    p.add_argument(
+        "--float32",
+        action="store_true",
+        help="compute in float32 (MLX models): measures the weights alone, without bf16 "
+        "activation rounding",
+    )
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = p.parse_args(argv)
     text = None
@@ -159,7 +168,7 @@ def main(argv=None) -> int:
             text = Path(args.text).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ModelLoadError(f"cannot read --text {args.text}: {e}") from e
-    r = evaluate(args.reference, args.model, text=text, max_tokens=args.max_tokens)
+    r = evaluate(args.reference, args.model, text, max_tokens=args.max_tokens, float32=args.float32)
     print(json.dumps(r, indent=2) if args.json else format_report(r))
     return 0
 

@@ -124,7 +124,7 @@ def fid(converted, golden):
 
 
 def test_8bit_fidelity(fid):
-    # Measured: top-1 88.3%, KL mean 0.017. The random fixture amplifies any perturbation
+    # Measured: top-1 86.4%, KL mean 0.024. The random fixture amplifies any perturbation
     # (docs/CONVERT.md); every position the reference decides by > 1 logit agrees.
     r, ref = fid["q8"], fid["_ref"]
     assert r["top1_agreement"] >= 0.85 and r["kl_mean"] < 0.03
@@ -140,7 +140,7 @@ def test_4bit_and_recipe_fidelity_order(fid):
     assert fid["q4"]["top1_agreement"] > 0.2  # chance is 1/1024
 
 
-@pytest.mark.xfail(strict=True, reason="random fixture too chaotic: 8-bit 88%, 4-bit 26-29%")
+@pytest.mark.xfail(strict=True, reason="random fixture too chaotic: 8-bit 86%, 4-bit 25-27%")
 def test_issue_bars_8bit_99_4bit_90(fid):
     assert fid["q8"]["top1_agreement"] >= 0.99
     assert fid["q4g32"]["top1_agreement"] >= 0.90
