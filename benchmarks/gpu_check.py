@@ -21,12 +21,20 @@ for dtype in (mx.float32, None):
     err = np.abs(lg - g["logits_prefill"]).max()
     cache = model.make_cache()
     b = g["chunk_bounds"]
-    rows = [model(mx.array(g["prompt_ids"][a:c])[None], cache=cache)[0, -1] for a, c in
-            zip(b[:-1], b[1:])]
+    rows = [
+        model(mx.array(g["prompt_ids"][a:c])[None], cache=cache)[0, -1]
+        for a, c in zip(b[:-1], b[1:])
+    ]
     ch = np.array(mx.stack(rows).astype(mx.float32))
     rows = [model(mx.array([[int(t)]]), cache=cache)[0, -1] for t in g["decode_ids"]]
     dec = np.array(mx.stack(rows).astype(mx.float32))
     m = np.abs(g["logits_prefill"]).max()
-    print(dtype, "prefill rel", err / m, "chunked rel",
-          np.abs(ch - g["logits_chunked"]).max() / m,
-          "decode rel", np.abs(dec - g["logits_decode"]).max() / m)
+    print(
+        dtype,
+        "prefill rel",
+        err / m,
+        "chunked rel",
+        np.abs(ch - g["logits_chunked"]).max() / m,
+        "decode rel",
+        np.abs(dec - g["logits_decode"]).max() / m,
+    )

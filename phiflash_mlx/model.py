@@ -9,6 +9,7 @@
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import mlx.core as mx
@@ -80,11 +81,40 @@ def lambda_init_fn(depth: int) -> float:
 
 
 @mx.compile
-def ssm_step(u, dt, A, B, C, D, state):
+def conv_step(conv_state, xb, w, bias):
+    """One token of the causal depthwise conv + SiLU; returns (u, new conv state)."""
+    xpad = mx.concatenate([conv_state, xb], axis=1)  # [b, K, d]
+    c = (xpad.astype(mx.float32) * w[:, 0, :].T.astype(mx.float32)).sum(axis=1)
+    c = c + bias.astype(mx.float32)
+    return nn.silu(c).astype(xb.dtype)[:, None], xpad[:, 1:]
+
+
+@mx.compile
+def mamba_step(u, dt, A_log, B, C, D, state, z):
+    """One token of softplus + selective scan + output gate, all in float32."""
+    f32 = mx.float32
+    dt = softplus(dt.astype(f32))
+    y, state = _ssm_step(
+        u.astype(f32),
+        dt,
+        -mx.exp(A_log.astype(f32)),
+        B.astype(f32),
+        C.astype(f32),
+        D.astype(f32),
+        state,
+    )
+    gated = (y * nn.silu(z.astype(f32))).astype(z.dtype)
+    return gated, y.astype(z.dtype), state
+
+
+def _ssm_step(u, dt, A, B, C, D, state):
     # u, dt: [b, d]; B, C: [b, n]; A: [d, n]; state: [b, d, n]
     state = mx.exp(dt[..., None] * A) * state + (dt * u)[..., None] * B[:, None, :]
-    y = (state @ C[..., None]).squeeze(-1) + D * u
+    y = (state * C[:, None, :]).sum(axis=-1) + D * u
     return y, state
+
+
+ssm_step = mx.compile(_ssm_step)
 
 
 def ssm_scan_chunked(u, dt, A, B, C, D, state, block: int = 64):
@@ -176,7 +206,7 @@ def selective_scan(u, dt, A, B, C, D, state, training: bool = False):
 # Blocks
 
 
-@mx.compile
+@partial(mx.compile, shapeless=True)
 def swiglu(gate, up):
     g = gate.astype(mx.float32)
     return (nn.silu(g) * up.astype(mx.float32)).astype(gate.dtype)
@@ -233,6 +263,8 @@ class Mamba(nn.Module):
         conv_state = cache[0] if cache is not None else None
         if conv_state is None:
             conv_state = mx.zeros((b, self.d_conv - 1, self.d_inner), dtype=xb.dtype)
+        if T == 1 and cache is not None and not self.training:
+            return self._step(x, xb, z, conv_state, cache)
         xpad = mx.concatenate([conv_state, xb], axis=1)
         u = nn.silu(self.conv1d(xpad, T)).astype(x.dtype)
         dt, B, C = mx.split(self.x_proj(u), [self.dt_rank, self.dt_rank + self.d_state], axis=-1)
@@ -257,6 +289,22 @@ class Mamba(nn.Module):
             cache[1] = state
         out = self.out_proj((y * nn.silu(z.astype(f32))).astype(x.dtype))
         return out, y.astype(x.dtype)
+
+    def _step(self, x, xb, z, conv_state, cache):
+        """Decode path: the same math as above for one token, in two fused kernels."""
+        conv = self.conv1d
+        bias = conv.bias if "bias" in conv else mx.zeros((self.d_inner,), xb.dtype)
+        u, cache[0] = conv_step(conv_state, xb, conv.weight, bias)
+        dbc = self.x_proj(u)
+        dt = self.dt_proj(dbc[..., : self.dt_rank])
+        B, C = dbc[..., self.dt_rank : self.dt_rank + self.d_state], dbc[..., -self.d_state :]
+        state = cache[1]
+        if state is None:
+            state = mx.zeros((x.shape[0], self.d_inner, self.d_state), dtype=mx.float32)
+        gated, y, cache[1] = mamba_step(
+            u[:, 0], dt[:, 0], self.A_log, B[:, 0], C[:, 0], self.D, state, z[:, 0]
+        )
+        return self.out_proj(gated[:, None]), y[:, None]
 
 
 class GMU(nn.Module):
@@ -283,11 +331,39 @@ class DiffLambda(nn.Module):
         self.lambda_k2 = mx.zeros((head_dim,))
         self.subln = nn.RMSNorm(2 * head_dim, eps=eps)
 
-    def full(self, lambda_init: float):
-        f32 = mx.float32
-        l1 = mx.exp(mx.sum(self.lambda_q1.astype(f32) * self.lambda_k1.astype(f32)))
-        l2 = mx.exp(mx.sum(self.lambda_q2.astype(f32) * self.lambda_k2.astype(f32)))
-        return l1 - l2 + lambda_init
+
+def _pair_queries(q, m: int, g: int, hd: int):
+    """[b, T, n_heads*hd] -> [b, m*2*g, T, 2hd]: branch-1 rows [q1, 0], branch-2 rows [0, q2]."""
+    b, T = q.shape[:2]
+    q = q.reshape(b, T, m, g, 2, hd)
+    zero = mx.zeros_like(q[..., 0, :])
+    q = mx.stack(
+        [
+            mx.concatenate([q[..., 0, :], zero], axis=-1),
+            mx.concatenate([zero, q[..., 1, :]], axis=-1),
+        ],
+        axis=3,
+    )  # [b, T, m, 2, g, 2hd]
+    return q.reshape(b, T, m * 2 * g, 2 * hd).transpose(0, 2, 1, 3)
+
+
+def _combine(o, lq1, lk1, lq2, lk2, subln_w, lambda_init: float, eps: float, m: int, g: int):
+    """O = RMSNorm(A1 - lambda A2) * (1 - lambda_init), back to [b, T, n_heads*hd]."""
+    b, _, T, d2 = o.shape
+    f32 = mx.float32
+    lam = (
+        mx.exp(mx.sum(lq1.astype(f32) * lk1.astype(f32)))
+        - mx.exp(mx.sum(lq2.astype(f32) * lk2.astype(f32)))
+        + lambda_init
+    ).astype(o.dtype)
+    o = o.reshape(b, m, 2, g, T, d2)
+    o = o[:, :, 0] - lam * o[:, :, 1]  # [b, m, g, T, 2hd]
+    o = mx.fast.rms_norm(o, subln_w, eps) * (1.0 - lambda_init)
+    return o.transpose(0, 3, 1, 2, 4).reshape(b, T, m * g * d2)
+
+
+_pair_queries_step = mx.compile(_pair_queries)
+_combine_step = mx.compile(_combine)
 
 
 class DiffAttention(nn.Module):
@@ -328,17 +404,9 @@ class DiffAttention(nn.Module):
             if cache is not None:
                 keys, values = cache.update_and_fetch(keys, values)
 
-        # q heads (h two): pair j = (kv pair jm, member jj); branch 0 = even head, 1 = odd
-        q = q.reshape(b, T, m, g, 2, hd)
-        zero = mx.zeros_like(q[..., 0, :])
-        q = mx.stack(
-            [
-                mx.concatenate([q[..., 0, :], zero], axis=-1),
-                mx.concatenate([zero, q[..., 1, :]], axis=-1),
-            ],
-            axis=3,
-        )  # [b, T, m, 2, g, 2hd]
-        q = q.reshape(b, T, m * 2 * g, 2 * hd).transpose(0, 2, 1, 3)
+        # q heads (h two): pair j = (kv pair j // g, member j % g); branch 1 = even heads
+        step = T == 1 and not self.training
+        q = (_pair_queries_step if step else _pair_queries)(q, m, g, hd)
 
         S = keys.shape[2]
         if T == 1:
@@ -349,12 +417,26 @@ class DiffAttention(nn.Module):
             mask = "causal"
         o = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
 
-        o = o.reshape(b, m, 2, g, T, 2 * hd)
-        lam = self.inner_cross_attn.full(self.lambda_init).astype(o.dtype)
-        o = o[:, :, 0] - lam * o[:, :, 1]  # [b, m, g, T, 2hd]
-        o = self.inner_cross_attn.subln(o) * (1.0 - self.lambda_init)
-        o = o.transpose(0, 3, 1, 2, 4).reshape(b, T, self.n_heads * hd)
+        lam = self.inner_cross_attn
+        o = (_combine_step if step else _combine)(
+            o,
+            lam.lambda_q1,
+            lam.lambda_k1,
+            lam.lambda_q2,
+            lam.lambda_k2,
+            lam.subln.weight,
+            self.lambda_init,
+            lam.subln.eps,
+            m,
+            g,
+        )
         return self.out_proj(o), (keys, values)
+
+
+@mx.compile
+def _add_norm(h, o, w, b, eps: float):
+    h = h + o
+    return h, mx.fast.layer_norm(h.astype(w.dtype), w, b, eps)
 
 
 class DecoderLayer(nn.Module):
@@ -382,8 +464,12 @@ class DecoderLayer(nn.Module):
             o, memory = self.attn(x, cache)
         else:
             o, shared_kv = self.attn(x, cache)
-        h = h + o
-        x = self.post_attention_layernorm(h.astype(self.post_attention_layernorm.weight.dtype))
+        norm = self.post_attention_layernorm
+        if h.shape[1] == 1 and not self.training:
+            h, x = _add_norm(h, o, norm.weight, norm.bias, norm.eps)
+        else:
+            h = h + o
+            x = norm(h.astype(norm.weight.dtype))
         return h + self.mlp(x), memory, shared_kv
 
 

@@ -705,6 +705,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--greedy-every", type=int, default=d.greedy_every)
     ap.add_argument("--greedy-n", type=int, default=d.greedy_n)
     ap.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    ap.add_argument("--log-every", type=int, default=d.log_every)
     ap.add_argument("--time-limit", type=float, default=0.0, help="seconds, then stop and export")
     ap.add_argument(
         "--no-tokenizer-files",
@@ -741,6 +742,7 @@ def main(argv: list[str] | None = None) -> int:
         greedy_every=a.greedy_every,
         greedy_n=a.greedy_n,
         ckpt_every=a.ckpt_every,
+        log_every=a.log_every,
         time_limit=a.time_limit,
         resume=a.resume,
         export_tokenizer=not a.no_tokenizer_files,
