@@ -287,6 +287,41 @@ def add_tokenizer(w, hf_path: Path, cfg: dict, n_vocab: int) -> None:
 # writing
 
 
+def mamba_dims(cfg: dict) -> tuple[int, int, int, int]:
+    """(d_inner, d_state, d_conv, dt_rank) of a phi4flash config."""
+    h = int(cfg["hidden_size"])
+    dt_rank = cfg.get("mamba_dt_rank", "auto")
+    dt_rank = math.ceil(h / 16) if dt_rank in (None, "auto") else int(dt_rank)
+    d_inner = int(cfg.get("mamba_expand", 2)) * h
+    return d_inner, int(cfg.get("mamba_d_state", 16)), int(cfg.get("mamba_d_conv", 4)), dt_rank
+
+
+def add_sambay_metadata(w, cfg: dict, lay: Layout, lambdas: list[float], n_vocab: int) -> None:
+    """The ``sambay.*`` hyperparameter keys (the GGUF contract of phiflash_gguf's fork)."""
+    n_kv = int(cfg["num_key_value_heads"])
+    hd = _head_dim(cfg)
+    d_inner, d_state, d_conv, dt_rank = mamba_dims(cfg)
+    w.add_context_length(int(cfg.get("max_position_embeddings", 4096)))
+    w.add_embedding_length(int(cfg["hidden_size"]))
+    w.add_block_count(lay.n_layer)
+    w.add_feed_forward_length(int(cfg["intermediate_size"]))
+    w.add_head_count(int(cfg["num_attention_heads"]))
+    w.add_head_count_kv([0 if k in ("mamba", "gmu") else n_kv for k in lay.kinds])
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_layer_norm_eps(float(cfg.get("layer_norm_eps", 1e-5)))
+    w.add_layer_norm_rms_eps(1e-5)  # subln (RMSNorm over 2*head_dim) uses a fixed 1e-5
+    w.add_sliding_window(window_of(cfg))
+    w.add_sliding_window_pattern(lay.swa)
+    w.add_shared_kv_layers(lay.n_shared)
+    w.add_array(f"{ARCH}.attention.diff_lambda", [float(x) for x in lambdas])
+    w.add_ssm_conv_kernel(d_conv)
+    w.add_ssm_inner_size(d_inner)
+    w.add_ssm_state_size(d_state)
+    w.add_ssm_time_step_rank(dt_rank)
+    w.add_vocab_size(n_vocab)
+
+
 def write_float_gguf(hf_path: Path, out_path: Path, outtype: str, progress: bool = True) -> None:
     """Write an F32/F16/BF16 GGUF of the checkpoint in ``hf_path`` to ``out_path``."""
     import gguf
@@ -299,37 +334,11 @@ def write_float_gguf(hf_path: Path, out_path: Path, outtype: str, progress: bool
     check_shapes(plan, cfg, lay)
     lambdas = diff_lambdas(refs, lay)
 
-    h = int(cfg["hidden_size"])
-    hd = _head_dim(cfg)
-    n_kv = int(cfg["num_key_value_heads"])
-    d_inner = int(cfg.get("mamba_expand", 2)) * h
-    dt_rank = cfg.get("mamba_dt_rank", "auto")
-    dt_rank = math.ceil(h / 16) if dt_rank in (None, "auto") else int(dt_rank)
     n_vocab = plan[0].ref.shape[0]
-
     w = gguf.GGUFWriter(None, ARCH)
     w.add_name(hf_path.resolve().name)
     w.add_file_type(_FTYPE[outtype])
-    w.add_context_length(int(cfg.get("max_position_embeddings", 4096)))
-    w.add_embedding_length(h)
-    w.add_block_count(lay.n_layer)
-    w.add_feed_forward_length(int(cfg["intermediate_size"]))
-    w.add_head_count(int(cfg["num_attention_heads"]))
-    w.add_head_count_kv([0 if k in ("mamba", "gmu") else n_kv for k in lay.kinds])
-    w.add_key_length(hd)
-    w.add_value_length(hd)
-    eps = float(cfg.get("layer_norm_eps", 1e-5))
-    w.add_layer_norm_eps(eps)
-    w.add_layer_norm_rms_eps(1e-5)  # subln (RMSNorm over 2*head_dim) uses a fixed 1e-5
-    w.add_sliding_window(window_of(cfg))
-    w.add_sliding_window_pattern(lay.swa)
-    w.add_shared_kv_layers(lay.n_shared)
-    w.add_array(f"{ARCH}.attention.diff_lambda", [float(x) for x in lambdas])
-    w.add_ssm_conv_kernel(int(cfg.get("mamba_d_conv", 4)))
-    w.add_ssm_inner_size(d_inner)
-    w.add_ssm_state_size(int(cfg.get("mamba_d_state", 16)))
-    w.add_ssm_time_step_rank(dt_rank)
-    w.add_vocab_size(n_vocab)
+    add_sambay_metadata(w, cfg, lay, lambdas, n_vocab)
     add_tokenizer(w, hf_path, cfg, n_vocab)
 
     float_type = {
