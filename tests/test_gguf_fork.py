@@ -153,3 +153,26 @@ def test_q4_k_m_falls_back_where_k_quants_do_not_fit(lc, tmp_path, golden):
     ids = golden["prompt_ids"].tolist()
     llm.eval(ids)
     assert np.isfinite(llm.scores[: len(ids)]).all()
+
+
+@pytest.mark.parametrize("flash_attn", [True, False], ids=["fa-on", "fa-off"])
+def test_window_sized_swa_cache_and_ubatches_without_outputs(lc, ggufs, golden, flash_attn):
+    # 32-token ubatches (most with no output row) over a window-sized SWA cache that evicts
+    llm = lc.Llama(
+        str(ggufs["f32"]),
+        n_ctx=256,
+        n_batch=128,
+        n_ubatch=32,
+        swa_full=False,
+        flash_attn=flash_attn,
+        n_threads=2,
+        verbose=False,
+        type_k=GGML_TYPE_F32,
+        type_v=GGML_TYPE_F32,
+    )
+    ids = golden["prompt_ids"].tolist()
+    llm.eval(ids)
+    assert _rel(_last_logits(lc, llm)[None], golden["logits_prefill"][-1:]) <= 1e-4
+    for k, t in enumerate(golden["decode_ids"].tolist()):
+        llm.eval([t])
+        assert _rel(_last_logits(lc, llm)[None], golden["logits_decode"][k : k + 1]) <= 1e-4
