@@ -108,7 +108,7 @@ class TrainConfig:
     export_tokenizer: bool = True  # copy the tokenizer files into the export dir
     resume: bool = False
     stop_after: int = 0  # stop (checkpoint + export) after this many steps of this run; 0 = none
-    compile: bool = True
+    compile: bool = False  # mx.compile of the step: JIT of the fused kernels is very slow on CUDA
     progress: bool | None = None
     log_every: int = 10
 
@@ -525,7 +525,12 @@ def make_optimizer(cfg: TrainConfig):
     return optim.AdamW(learning_rate=schedule, betas=list(cfg.betas), weight_decay=cfg.weight_decay)
 
 
-def _log(fh, record: dict):
+ECHO = False  # also print log records (set by the CLI when there is no progress bar)
+
+
+def _log(fh, record: dict, echo: bool = False):
+    if echo or ECHO:
+        print(json.dumps(record)[:300], flush=True)
     if fh is not None:
         fh.write(json.dumps(record) + "\n")
         fh.flush()
@@ -612,6 +617,10 @@ def train(cfg: TrainConfig) -> dict:
             loss, norm = step_fn(mx.array(x), mx.array(y), mx.array(m))
             mx.eval(loss, norm, state)
             step += 1
+            if step == start + 1:
+                _log(
+                    log_fh, {"first_step_s": round(time.perf_counter() - t_train, 2), "T": x.shape}
+                )
             tokens += int(m.sum())
             losses.append(float(loss))
             bar.update(1)
@@ -714,7 +723,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     ap.add_argument("--cpu", action="store_true", help="train on the CPU")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no bar; log lines to stdout")
+    ap.add_argument("--compile", action="store_true", help="mx.compile the step (slow JIT)")
     return ap
 
 
@@ -747,7 +757,10 @@ def main(argv: list[str] | None = None) -> int:
         resume=a.resume,
         export_tokenizer=not a.no_tokenizer_files,
         progress=False if a.no_progress else None,
+        compile=a.compile,
     )
+    global ECHO
+    ECHO = a.no_progress
     print(f"phiflash train: device {mx.default_device()}, out {cfg.out_dir}", flush=True)
     r = train(cfg)
     print(json.dumps(r, indent=2))
