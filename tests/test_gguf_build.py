@@ -1,0 +1,40 @@
+"""The fork build: cached (a second run is a no-op) and the patch series applies to the sdist."""
+
+import re
+import subprocess
+import tarfile
+import time
+
+from phiflash_gguf import build
+
+
+def test_second_build_is_a_cached_no_op():
+    build.ensure_llama_cpp()  # builds once if `make fork` has not run
+    t = time.perf_counter()
+    assert build.build() == build.fork_hash()
+    assert time.perf_counter() - t < 5
+    assert build.installed_hash() == build.fork_hash()
+
+
+def test_fork_hash_covers_patches_and_overlay():
+    names = {p.name for p in build.fork_files()}
+    assert "sambay.cpp" in names and any(n.endswith(".patch") for n in names)
+    assert build.fork_hash() == build.fork_hash()
+
+
+def test_patches_apply_cleanly_to_the_pinned_sdist(tmp_path):
+    sdist = build.fetch_sdist()  # cached by the build; checks the pinned sha256
+    prefix = f"llama_cpp_python-{build.UPSTREAM_VERSION}/vendor/llama.cpp/"
+    for patch in sorted(build.PATCH_DIR.glob("*.patch")):
+        files = set(re.findall(r"^\+\+\+ b/(\S+)", patch.read_text(), re.M))
+        with tarfile.open(sdist) as tf:
+            members = [tf.getmember(prefix + f) for f in files]
+            tf.extractall(tmp_path, members=members, filter="data")
+        root = tmp_path / prefix
+        proc = subprocess.run(
+            ["patch", "-p1", "--dry-run", "--batch", "-d", str(root), "-i", str(patch)],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "fuzz" not in proc.stdout and "offset" not in proc.stdout, proc.stdout
