@@ -143,27 +143,28 @@ def ssm_scan_chunked(u, dt, A, B, C, D, state, block: int = 64):
 
 
 _CUDA_SCAN_SRC = """
+    // One thread per (sequence, channel, state); the NS lanes of a channel sit in one warp
+    // and reduce y = sum_n s[n] C[n] with shuffles.
     int gid = blockIdx.x * blockDim.x + threadIdx.x;
     int nb = dims[0], T = dims[1];
-    if (gid >= nb * DI) return;
-    int b = gid / DI, d = gid % DI;
-    float s[NS], a[NS];
-    for (int n = 0; n < NS; ++n) {
-        s[n] = state[((size_t)b * DI + d) * NS + n];
-        a[n] = A[(size_t)d * NS + n];
-    }
+    int n = gid % NS;
+    int ch = gid / NS;
+    bool active = ch < nb * DI;
+    if (!active) ch = 0;
+    int b = ch / DI, d = ch % DI;
+    float s = state[((size_t)b * DI + d) * NS + n];
+    float a = A[(size_t)d * NS + n];
     float dd = D[d];
     for (int t = 0; t < T; ++t) {
         size_t o = ((size_t)b * T + t) * DI + d;
-        size_t on = ((size_t)b * T + t) * NS;
-        float dtv = dt[o], uv = u[o], acc = 0.0f;
-        for (int n = 0; n < NS; ++n) {
-            s[n] = expf(dtv * a[n]) * s[n] + dtv * uv * Bm[on + n];
-            acc += s[n] * Cm[on + n];
-        }
-        y[o] = acc + dd * uv;
+        size_t on = ((size_t)b * T + t) * NS + n;
+        float dtv = dt[o], uv = u[o];
+        s = expf(dtv * a) * s + dtv * uv * Bm[on];
+        float p = s * Cm[on];
+        for (int off = NS / 2; off > 0; off >>= 1) p += __shfl_xor_sync(0xffffffffu, p, off);
+        if (active && n == 0) y[o] = p + dd * uv;
     }
-    for (int n = 0; n < NS; ++n) state_out[((size_t)b * DI + d) * NS + n] = s[n];
+    if (active) state_out[((size_t)b * DI + d) * NS + n] = s;
 """
 _cuda_scan_kernel = None
 
@@ -185,7 +186,7 @@ def ssm_scan_cuda(u, dt, A, B, C, D, state):
     y, state = _cuda_scan_kernel(
         inputs=[u, dt, A, B.astype(f32), C.astype(f32), D.astype(f32), state, dims],
         template=[("DI", d), ("NS", n)],
-        grid=(((b * d + 127) // 128) * 128, 1, 1),
+        grid=(((b * d * n + 127) // 128) * 128, 1, 1),
         threadgroup=(128, 1, 1),
         output_shapes=[(b, T, d), (b, d, n)],
         output_dtypes=[f32, f32],
@@ -197,7 +198,9 @@ def selective_scan(u, dt, A, B, C, D, state, training: bool = False):
     if u.shape[1] == 1:
         y, state = ssm_step(u[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, state)
         return y[:, None], state
-    if not training and mx.default_device() == mx.gpu and mx.cuda.is_available():
+    n = A.shape[1]
+    fits = n <= 32 and n & (n - 1) == 0
+    if fits and not training and mx.default_device() == mx.gpu and mx.cuda.is_available():
         return ssm_scan_cuda(u, dt, A, B, C, D, state)
     return ssm_scan_chunked(u, dt, A, B, C, D, state)
 
@@ -331,31 +334,36 @@ class DiffLambda(nn.Module):
         self.lambda_k2 = mx.zeros((head_dim,))
         self.subln = nn.RMSNorm(2 * head_dim, eps=eps)
 
+    def full(self, lambda_init: float):
+        """lambda = exp(q1.k1) - exp(q2.k2) + lambda_init, in float32 (input-independent)."""
+        key = (id(self.lambda_q1), id(self.lambda_k1), id(self.lambda_q2), id(self.lambda_k2))
+        cached = getattr(self, "_lambda_cache", None)
+        if not self.training and cached is not None and cached[0] == key:
+            return cached[1]
+        f32 = mx.float32
+        lam = (
+            mx.exp(mx.sum(self.lambda_q1.astype(f32) * self.lambda_k1.astype(f32)))
+            - mx.exp(mx.sum(self.lambda_q2.astype(f32) * self.lambda_k2.astype(f32)))
+            + lambda_init
+        )
+        if not self.training:  # a plain attribute, not a parameter
+            object.__setattr__(self, "_lambda_cache", (key, lam))
+        return lam
+
 
 def _pair_queries(q, m: int, g: int, hd: int):
     """[b, T, n_heads*hd] -> [b, m*2*g, T, 2hd]: branch-1 rows [q1, 0], branch-2 rows [0, q2]."""
     b, T = q.shape[:2]
-    q = q.reshape(b, T, m, g, 2, hd)
-    zero = mx.zeros_like(q[..., 0, :])
-    q = mx.stack(
-        [
-            mx.concatenate([q[..., 0, :], zero], axis=-1),
-            mx.concatenate([zero, q[..., 1, :]], axis=-1),
-        ],
-        axis=3,
-    )  # [b, T, m, 2, g, 2hd]
-    return q.reshape(b, T, m * 2 * g, 2 * hd).transpose(0, 2, 1, 3)
+    q = q.reshape(b, T, m, g, 2, 1, hd)
+    eye = mx.eye(2, dtype=q.dtype).reshape(2, 2, 1)  # [branch, half]: keep half == branch
+    q = (q * eye).transpose(0, 2, 4, 3, 1, 5, 6)  # [b, m, branch, g, T, half, hd]
+    return q.reshape(b, m * 2 * g, T, 2 * hd)
 
 
-def _combine(o, lq1, lk1, lq2, lk2, subln_w, lambda_init: float, eps: float, m: int, g: int):
+def _combine(o, lam, subln_w, lambda_init: float, eps: float, m: int, g: int):
     """O = RMSNorm(A1 - lambda A2) * (1 - lambda_init), back to [b, T, n_heads*hd]."""
     b, _, T, d2 = o.shape
-    f32 = mx.float32
-    lam = (
-        mx.exp(mx.sum(lq1.astype(f32) * lk1.astype(f32)))
-        - mx.exp(mx.sum(lq2.astype(f32) * lk2.astype(f32)))
-        + lambda_init
-    ).astype(o.dtype)
+    lam = lam.astype(o.dtype)
     o = o.reshape(b, m, 2, g, T, d2)
     o = o[:, :, 0] - lam * o[:, :, 1]  # [b, m, g, T, 2hd]
     o = mx.fast.rms_norm(o, subln_w, eps) * (1.0 - lambda_init)
@@ -417,18 +425,10 @@ class DiffAttention(nn.Module):
             mask = "causal"
         o = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
 
-        lam = self.inner_cross_attn
+        ica = self.inner_cross_attn
         o = (_combine_step if step else _combine)(
-            o,
-            lam.lambda_q1,
-            lam.lambda_k1,
-            lam.lambda_q2,
-            lam.lambda_k2,
-            lam.subln.weight,
-            self.lambda_init,
-            lam.subln.eps,
-            m,
-            g,
+            o, ica.full(self.lambda_init), ica.subln.weight, self.lambda_init, ica.subln.eps,
+            m, g,
         )
         return self.out_proj(o), (keys, values)
 

@@ -108,6 +108,7 @@ class TrainConfig:
     export_tokenizer: bool = True  # copy the tokenizer files into the export dir
     resume: bool = False
     stop_after: int = 0  # stop (checkpoint + export) after this many steps of this run; 0 = none
+    micro_tokens: int = 8192  # tokens per forward/backward (batch rows are split to fit)
     compile: bool = False  # mx.compile of the step: JIT of the fused kernels is very slow on CUDA
     progress: bool | None = None
     log_every: int = 10
@@ -566,8 +567,23 @@ def train(cfg: TrainConfig) -> dict:
     exp_kw = {"tokenizer_files": cfg.export_tokenizer}
     state = [model.state, optimizer.state]
 
+    grad_fn = nn.value_and_grad(model, loss_fn)
+
     def step_fn(x, y, m):
-        loss, grads = nn.value_and_grad(model, loss_fn)(model, x, y, m)
+        # Micro-batches of at most micro_tokens tokens (the chunked scan's activations are
+        # large), gradients summed with weights that make them the gradient of the mean loss.
+        rows = max(1, cfg.micro_tokens // x.shape[1])
+        total = mx.maximum(m.sum(), 1.0)
+        loss, grads = 0.0, None
+        for s in range(0, x.shape[0], rows):
+            ms = m[s : s + rows]
+            w = ms.sum() / total
+            li, gi = grad_fn(model, x[s : s + rows], y[s : s + rows], ms)
+            gi = tree_map(lambda g, w=w: g * w, gi)
+            loss = loss + li * w
+            grads = gi if grads is None else tree_map(mx.add, grads, gi)
+            if rows < x.shape[0]:
+                mx.eval(grads, loss)
         grads, norm = optim.clip_grad_norm(grads, cfg.clip)
         if cfg.dtype != "float32":
             grads = tree_map(lambda g: g.astype(mx.float32), grads)
@@ -702,6 +718,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=d.steps)
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--micro-tokens", type=int, default=d.micro_tokens)
     ap.add_argument("--warmup", type=int, default=d.warmup)
     ap.add_argument("--weight-decay", type=float, default=d.weight_decay)
     ap.add_argument("--clip", type=float, default=d.clip)
@@ -741,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=a.batch_size,
         lr=a.lr,
         warmup=a.warmup,
+        micro_tokens=a.micro_tokens,
         weight_decay=a.weight_decay,
         clip=a.clip,
         dtype=a.dtype,

@@ -1,0 +1,94 @@
+"""Per-layer-kind timing of one prefill chunk and one decode step (full-size shapes).
+
+    python benchmarks/profile_layers.py [--tokens 2048] [--quick]
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import phiflash_mlx  # noqa: E402, F401
+import mlx.core as mx  # noqa: E402
+from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache  # noqa: E402
+
+from phiflash_mlx.model import DecoderLayer, ModelArgs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def timed(fn, reps=5):
+    mx.eval(fn())
+    mx.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        mx.eval(fn())
+    mx.synchronize()
+    return (time.perf_counter() - t) / reps * 1e3
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--tokens", type=int, default=2048)
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args()
+    cfg = json.loads((ROOT / "tests/fixtures/real-config/config.json").read_text())
+    if a.quick:
+        cfg.update(hidden_size=256, intermediate_size=512, num_attention_heads=8,
+                   num_key_value_heads=4)
+    args = ModelArgs.from_dict(cfg)
+    T, H = a.tokens, args.hidden_size
+    bf = mx.bfloat16
+    x = mx.random.normal((1, T, H))
+    x1 = mx.random.normal((1, 1, H))
+    rows = {}
+    for idx in (0, 1, 16, 17, 18, 19):
+        layer = DecoderLayer(args, idx)
+        layer.set_dtype(bf)
+        layer.eval()
+        mx.eval(layer.parameters())
+        kind = layer.kind
+        d = args.mamba_expand * H
+        memory = mx.random.normal((1, T, d)).astype(bf)
+        m1 = memory[:, :1]
+        kv = mx.random.normal((1, args.num_key_value_heads // 2, T + 2048, 2 * args.head_dim))
+        kv = (kv.astype(bf), kv.astype(bf))
+        kv1 = (kv[0][:, :, : T + 1], kv[1][:, :, : T + 1])
+
+        def make_cache():
+            if kind in ("mamba", "mamba_mem"):
+                return ArraysCache(2)
+            if kind == "swa":
+                c = RotatingKVCache(max_size=layer.attn.window)
+            elif kind == "attn":
+                c = KVCache()
+            else:
+                return None
+            n = 2048
+            k = mx.random.normal((1, args.num_key_value_heads // 2, n, 2 * args.head_dim))
+            c.update_and_fetch(k.astype(bf), k.astype(bf))
+            return c
+
+        def prefill():
+            c = make_cache()
+            return layer(x, c, memory, kv)[0]
+
+        def step():
+            c = make_cache()
+            if c is not None:
+                layer(x[:, :8], c, memory[:, :8], kv)
+                mx.eval([s for s in c.state if isinstance(s, mx.array)])
+            return layer(x1, c, m1, kv1)[0]
+
+        rows[f"{idx}:{kind}"] = {"prefill_ms": timed(prefill), "step_ms": timed(step)}
+        print(idx, kind, json.dumps(rows[f"{idx}:{kind}"]), flush=True)
+    est = (8 * rows["0:mamba"]["prefill_ms"] + 8 * rows["1:swa"]["prefill_ms"]
+           + rows["16:mamba_mem"]["prefill_ms"] + rows["17:attn"]["prefill_ms"])
+    print(f"self-decoder prefill estimate for {T} tokens: {est:.1f} ms = {T / est * 1e3:.0f} tok/s")
+
+
+if __name__ == "__main__":
+    main()
