@@ -58,6 +58,16 @@ TUTOR_MODEL = dict(
     mamba_expand=2,
     max_position_embeddings=4096,
 )
+# A small variant that trains on a CPU in tens of minutes.
+SMALL_MODEL = dict(
+    TUTOR_MODEL,
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    sliding_window=64,
+)
 # A tiny variant for tests and CPU smoke runs.
 TINY_MODEL = dict(
     TUTOR_MODEL,
@@ -714,7 +724,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=d.out_dir, help=f"run dir (default {d.out_dir})")
     ap.add_argument("--export", default=None, help="exported model dir (default OUT/model)")
     ap.add_argument("--tokenizer", default=d.tokenizer, help="dir with the tutor tokenizer files")
-    ap.add_argument("--size", choices=("tutor", "tiny"), default="tutor", help="architecture")
+    ap.add_argument(
+        "--size", choices=("tutor", "small", "tiny"), default="tutor", help="architecture"
+    )
     ap.add_argument("--steps", type=int, default=d.steps)
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lr", type=float, default=d.lr)
@@ -753,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir=a.out,
         export_dir=a.export,
         tokenizer=a.tokenizer,
-        model=dict(TUTOR_MODEL if a.size == "tutor" else TINY_MODEL),
+        model=dict({"tutor": TUTOR_MODEL, "small": SMALL_MODEL, "tiny": TINY_MODEL}[a.size]),
         steps=a.steps,
         batch_size=a.batch_size,
         lr=a.lr,
