@@ -1,6 +1,6 @@
 """Per-layer-kind timing of one prefill chunk and one decode step (full-size shapes).
 
-    python benchmarks/profile_layers.py [--tokens 2048] [--quick]
+python benchmarks/profile_layers.py [--tokens 2048] [--quick]
 """
 
 import argparse
@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import phiflash_mlx  # noqa: E402, F401
 import mlx.core as mx  # noqa: E402
 from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache  # noqa: E402
 
+import phiflash_mlx  # noqa: E402, F401
 from phiflash_mlx.model import DecoderLayer, ModelArgs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,8 +37,9 @@ def main():
     a = p.parse_args()
     cfg = json.loads((ROOT / "tests/fixtures/real-config/config.json").read_text())
     if a.quick:
-        cfg.update(hidden_size=256, intermediate_size=512, num_attention_heads=8,
-                   num_key_value_heads=4)
+        cfg.update(
+            hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=4
+        )
     args = ModelArgs.from_dict(cfg)
     T, H = a.tokens, args.hidden_size
     bf = mx.bfloat16
@@ -85,8 +86,12 @@ def main():
 
         rows[f"{idx}:{kind}"] = {"prefill_ms": timed(prefill), "step_ms": timed(step)}
         print(idx, kind, json.dumps(rows[f"{idx}:{kind}"]), flush=True)
-    est = (8 * rows["0:mamba"]["prefill_ms"] + 8 * rows["1:swa"]["prefill_ms"]
-           + rows["16:mamba_mem"]["prefill_ms"] + rows["17:attn"]["prefill_ms"])
+    est = (
+        8 * rows["0:mamba"]["prefill_ms"]
+        + 8 * rows["1:swa"]["prefill_ms"]
+        + rows["16:mamba_mem"]["prefill_ms"]
+        + rows["17:attn"]["prefill_ms"]
+    )
     print(f"self-decoder prefill estimate for {T} tokens: {est:.1f} ms = {T / est * 1e3:.0f} tok/s")
 
 

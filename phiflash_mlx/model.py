@@ -83,10 +83,14 @@ def lambda_init_fn(depth: int) -> float:
 @mx.compile
 def conv_step(conv_state, xb, w, bias):
     """One token of the causal depthwise conv + SiLU; returns (u, new conv state)."""
-    xpad = mx.concatenate([conv_state, xb], axis=1)  # [b, K, d]
-    c = (xpad.astype(mx.float32) * w[:, 0, :].T.astype(mx.float32)).sum(axis=1)
-    c = c + bias.astype(mx.float32)
-    return nn.silu(c).astype(xb.dtype)[:, None], xpad[:, 1:]
+    f32 = mx.float32
+    K = w.shape[-1]
+    c = bias.astype(f32)
+    for k in range(K - 1):  # conv_state holds the previous K-1 inputs
+        c = c + w[:, 0, k].astype(f32) * conv_state[:, k].astype(f32)
+    c = c + w[:, 0, K - 1].astype(f32) * xb[:, 0].astype(f32)
+    new_state = mx.concatenate([conv_state[:, 1:], xb], axis=1)
+    return nn.silu(c).astype(xb.dtype)[:, None], new_state
 
 
 @mx.compile
@@ -352,12 +356,14 @@ class DiffLambda(nn.Module):
 
 
 def _pair_queries(q, m: int, g: int, hd: int):
-    """[b, T, n_heads*hd] -> [b, m*2*g, T, 2hd]: branch-1 rows [q1, 0], branch-2 rows [0, q2]."""
+    """[b, T, n_heads*hd] -> [b, m*2*g, T, 2hd]: branch-1 rows [q1, 0], branch-2 rows [0, q2].
+
+    Query head 2j (branch 1) and 2j+1 (branch 2) of pair j = g*kv + jj use kv pair kv.
+    """
     b, T = q.shape[:2]
-    q = q.reshape(b, T, m, g, 2, 1, hd)
-    eye = mx.eye(2, dtype=q.dtype).reshape(2, 2, 1)  # [branch, half]: keep half == branch
-    q = (q * eye).transpose(0, 2, 4, 3, 1, 5, 6)  # [b, m, branch, g, T, half, hd]
-    return q.reshape(b, m * 2 * g, T, 2 * hd)
+    q = q.reshape(b, T, m, g, 2, hd).transpose(0, 2, 4, 3, 1, 5)  # [b, m, branch, g, T, hd]
+    eye = mx.eye(2, dtype=q.dtype).reshape(1, 1, 2, 1, 1, 2, 1)  # keep half == branch
+    return (q[..., None, :] * eye).reshape(b, m * 2 * g, T, 2 * hd)
 
 
 def _combine(o, lam, subln_w, lambda_init: float, eps: float, m: int, g: int):
@@ -367,6 +373,8 @@ def _combine(o, lam, subln_w, lambda_init: float, eps: float, m: int, g: int):
     o = o.reshape(b, m, 2, g, T, d2)
     o = o[:, :, 0] - lam * o[:, :, 1]  # [b, m, g, T, 2hd]
     o = mx.fast.rms_norm(o, subln_w, eps) * (1.0 - lambda_init)
+    if T == 1:  # [b, m, g, 1, d2] is already in [b, 1, m*g*d2] order
+        return o.reshape(b, 1, m * g * d2)
     return o.transpose(0, 3, 1, 2, 4).reshape(b, T, m * g * d2)
 
 
@@ -427,10 +435,21 @@ class DiffAttention(nn.Module):
 
         ica = self.inner_cross_attn
         o = (_combine_step if step else _combine)(
-            o, ica.full(self.lambda_init), ica.subln.weight, self.lambda_init, ica.subln.eps,
-            m, g,
+            o,
+            ica.full(self.lambda_init),
+            ica.subln.weight,
+            self.lambda_init,
+            ica.subln.eps,
+            m,
+            g,
         )
         return self.out_proj(o), (keys, values)
+
+
+@mx.compile
+def _add_cast(h, o, like):
+    h = h + o
+    return h, h.astype(like.dtype)
 
 
 @mx.compile
@@ -453,9 +472,11 @@ class DecoderLayer(nn.Module):
             self.attn = DiffAttention(args, layer_idx, cross=kind == "cross")
         self.mlp = MLP(args)
 
-    def __call__(self, h, cache=None, memory=None, shared_kv=None):
-        # h is the float32 residual stream; norms see the weights' dtype.
-        x = self.input_layernorm(h.astype(self.input_layernorm.weight.dtype))
+    def __call__(self, h, cache=None, memory=None, shared_kv=None, hn=None):
+        """h is the float32 residual stream; norms see it in the weights' dtype (``hn``, when
+        the previous decode step already made that cast). Returns (h, memory, shared_kv, hn)."""
+        norm = self.input_layernorm
+        x = norm(h.astype(norm.weight.dtype) if hn is None else hn)
         if self.kind == "gmu":
             o = self.attn(x, memory)
         elif self.kind == "cross":
@@ -467,10 +488,11 @@ class DecoderLayer(nn.Module):
         norm = self.post_attention_layernorm
         if h.shape[1] == 1 and not self.training:
             h, x = _add_norm(h, o, norm.weight, norm.bias, norm.eps)
-        else:
-            h = h + o
-            x = norm(h.astype(norm.weight.dtype))
-        return h + self.mlp(x), memory, shared_kv
+            h, hn = _add_cast(h, self.mlp(x), norm.weight)
+            return h, memory, shared_kv, hn
+        h = h + o
+        x = norm(h.astype(norm.weight.dtype))
+        return h + self.mlp(x), memory, shared_kv, None
 
 
 class Phi4FlashModel(nn.Module):
@@ -484,11 +506,12 @@ class Phi4FlashModel(nn.Module):
         h = self.embed_tokens(inputs).astype(mx.float32)
         if cache is None:
             cache = [None] * len(self.layers)
-        memory = shared_kv = None
+        memory = shared_kv = hn = None
         for i, layer in enumerate(self.layers):
             c = cache[i] if i < len(cache) else None
-            h, memory, shared_kv = layer(h, c, memory, shared_kv)
-        return self.final_layernorm(h.astype(self.final_layernorm.weight.dtype))
+            h, memory, shared_kv, hn = layer(h, c, memory, shared_kv, hn)
+        norm = self.final_layernorm
+        return norm(h.astype(norm.weight.dtype) if hn is None else hn)
 
 
 class Model(nn.Module):
