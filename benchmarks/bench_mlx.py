@@ -94,6 +94,13 @@ def to_bf16(model):
 
 
 def quantize(model, bits: int, recipe: str | None = None):
+    if "phiflash.quantize" not in sys.modules:  # run from a source tree, not installed
+        try:
+            import phiflash.quantize  # noqa: F401
+        except ImportError:
+            import quantize as _q
+
+            sys.modules["phiflash.quantize"] = _q
     try:  # the converter's own predicate and recipes, when present
         from phiflash.quantize.convert import quantize_model
 
@@ -283,6 +290,9 @@ def bench_model(name, build, quant, args, vocab, bw):
     elif quant == "mixed":
         quantize(model, 4, recipe="sambay_mixed_4_8")
     model.eval()
+    gc.collect()
+    mx.clear_cache()
+    mx.reset_peak_memory()  # peak of running the model, not of building random weights
     wbytes = nbytes(model)
     row = {"model": name, "quant": quant, "weight_GB": wbytes / 1e9}
     for n in args.prompts:

@@ -93,6 +93,7 @@ DEFAULT_TOKENIZER = Path(__file__).resolve().parent.parent / "weights" / "phifla
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/tutor"
+    init_from: str | None = None  # start from the weights of an exported model dir
     tokenizer: str = str(DEFAULT_TOKENIZER)
     model: dict = field(default_factory=lambda: dict(TUTOR_MODEL))
     steps: int = 3000
@@ -561,6 +562,9 @@ def train(cfg: TrainConfig) -> dict:
     dtype = getattr(mx, cfg.dtype)
     args = model_args(cfg.model)
     model = init_model(args, cfg.seed, dtype)
+    if cfg.init_from:
+        w = model.sanitize(mx.load(str(Path(cfg.init_from) / "model.safetensors")))
+        model.load_weights([(k, v.astype(dtype)) for k, v in w.items()], strict=True)
     model.train()
     optimizer = make_optimizer(cfg)
     optimizer.init(model.trainable_parameters())
@@ -751,6 +755,8 @@ def _parser() -> argparse.ArgumentParser:
         help="export only config.json, generation_config.json and model.safetensors",
     )
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    ap.add_argument("--init-from", default=None, metavar="DIR",
+                    help="start from the weights of an exported model dir (fresh optimizer)")
     ap.add_argument("--cpu", action="store_true", help="train on the CPU")
     ap.add_argument("--no-progress", action="store_true", help="no bar; log lines to stdout")
     ap.add_argument("--compile", action="store_true", help="mx.compile the step (slow JIT)")
@@ -785,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         log_every=a.log_every,
         time_limit=a.time_limit,
         resume=a.resume,
+        init_from=a.init_from,
         export_tokenizer=not a.no_tokenizer_files,
         progress=False if a.no_progress else None,
         compile=a.compile,
