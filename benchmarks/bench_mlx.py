@@ -35,7 +35,14 @@ from mlx_lm.models import phi3  # noqa: E402
 from mlx_lm.models.cache import ArraysCache, RotatingKVCache, make_prompt_cache  # noqa: E402
 
 import phiflash_mlx  # noqa: E402, F401  (loads OpenBLAS on Linux CPU before mlx)
-from phiflash_mlx.model import Model, ModelArgs, ssm_scan_chunked, ssm_scan_cuda, ssm_step  # noqa: E402
+from phiflash_mlx.model import (  # noqa: E402
+    Model,
+    ModelArgs,
+    keeps_fp32,
+    ssm_scan_chunked,
+    ssm_scan_cuda,
+    ssm_step,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_CONFIG = ROOT / "tests" / "fixtures" / "real-config" / "config.json"
@@ -79,17 +86,9 @@ def phi3_model(quick: bool):
     return phi3.Model(phi3.ModelArgs(**args))
 
 
-FP32_PARAMS = ("A_log", "D", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
-
-
 def to_bf16(model):
     params = tree_flatten(model.parameters())
-    model.load_weights(
-        [
-            (k, v if k.rsplit(".", 1)[-1] in FP32_PARAMS else v.astype(mx.bfloat16))
-            for k, v in params
-        ]
-    )
+    model.load_weights([(k, v if keeps_fp32(k) else v.astype(mx.bfloat16)) for k, v in params])
     mx.eval(model.parameters())
 
 

@@ -11,7 +11,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from phiflash.errors import ModelLoadError, WrongArchitectureError
-from phiflash_mlx.model import Model, ModelArgs
+from phiflash_mlx.model import Model, ModelArgs, keeps_fp32
 
 MODEL_TYPES = ("phi4flash",)
 ARCHITECTURES = ("Phi4FlashForCausalLM",)
@@ -154,13 +154,6 @@ def _check_names_and_shapes(model: nn.Module, weights: dict) -> None:
             )
 
 
-_KEEP_FP32 = ("A_log", "D", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
-
-
-def _keeps_fp32(name: str) -> bool:
-    return name.rsplit(".", 1)[-1] in _KEEP_FP32 or name.endswith("dt_proj.bias")
-
-
 def load_model(path, dtype=None, lazy: bool = False) -> tuple[Model, dict]:
     """Build the model from ``path``. ``dtype`` (e.g. mx.float32) casts the floating weights;
     by default they keep their stored dtype (bf16 for the real checkpoint)."""
@@ -180,7 +173,7 @@ def load_model(path, dtype=None, lazy: bool = False) -> tuple[Model, dict]:
         weights = {
             k: v.astype(dtype)
             if mx.issubdtype(v.dtype, mx.floating)
-            and not (dtype != mx.float32 and _keeps_fp32(k))
+            and not (dtype != mx.float32 and keeps_fp32(k))
             and not k.endswith((".scales", ".biases"))
             else v
             for k, v in weights.items()

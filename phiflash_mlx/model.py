@@ -67,6 +67,14 @@ class ModelArgs(BaseModelArgs):
         return "swa" if self.windows[i] else "attn"
 
 
+# Parameters that steer the recurrence and the attention mix stay float32 in every dtype.
+FP32_PARAMS = ("A_log", "D", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
+
+
+def keeps_fp32(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in FP32_PARAMS or name.endswith("dt_proj.bias")
+
+
 def softplus(x):
     return mx.where(x > 20.0, x, mx.logaddexp(x, 0.0))
 
@@ -550,12 +558,4 @@ class Model(nn.Module):
     def sanitize(self, weights):
         if self.args.tie_word_embeddings:
             weights.pop("lm_head.weight", None)
-        fp32 = ("A_log", "D", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
-        return {
-            k: (
-                v.astype(mx.float32)
-                if k.rsplit(".", 1)[-1] in fp32 or k.endswith("dt_proj.bias")
-                else v
-            )
-            for k, v in weights.items()
-        }
+        return {k: v.astype(mx.float32) if keeps_fp32(k) else v for k, v in weights.items()}

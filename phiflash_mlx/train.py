@@ -755,8 +755,12 @@ def _parser() -> argparse.ArgumentParser:
         help="export only config.json, generation_config.json and model.safetensors",
     )
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
-    ap.add_argument("--init-from", default=None, metavar="DIR",
-                    help="start from the weights of an exported model dir (fresh optimizer)")
+    ap.add_argument(
+        "--init-from",
+        default=None,
+        metavar="DIR",
+        help="start from the weights of an exported model dir (fresh optimizer)",
+    )
     ap.add_argument("--cpu", action="store_true", help="train on the CPU")
     ap.add_argument("--no-progress", action="store_true", help="no bar; log lines to stdout")
     ap.add_argument("--compile", action="store_true", help="mx.compile the step (slow JIT)")
