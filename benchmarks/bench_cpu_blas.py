@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def measure(tokens: int, dtype: str) -> dict:
     sys.path.insert(0, str(ROOT))
-    from phiflash_mlx.blas import preload_openblas
+    from phiflash.blas import preload_openblas
 
     status = preload_openblas()
     import mlx.core as mx

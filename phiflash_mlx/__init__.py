@@ -1,6 +1,6 @@
 """The MLX engine: the SambaY model, loading, and generation on top of mlx-lm."""
 
-from phiflash_mlx.blas import preload_openblas
+from phiflash.blas import preload_openblas
 
 preload_openblas()  # before mlx is imported
 

@@ -34,8 +34,8 @@ class MLXEngine:
         prompt_cache_file: str | None = None,
         prefill_step_size: int = 2048,
     ):
+        from phiflash.blas import preload_openblas
         from phiflash_mlx import load
-        from phiflash_mlx.blas import preload_openblas
 
         self.model, self.tokenizer = load(model_path, dtype=dtype)
         self.model_path = str(model_path)

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phiflash_mlx.blas import preload_openblas
+from phiflash.blas import preload_openblas
 
 preload_openblas()
 
