@@ -22,6 +22,7 @@ from mlx.utils import tree_flatten, tree_map_with_path, tree_unflatten
 from phiflash.quantize.recipes import MODE, RECIPES, recipe_predicate, uniform_predicate
 
 from phiflash.errors import PhiflashError
+from phiflash_mlx.model import keeps_fp32
 
 MAX_SHARD_BYTES = 5 << 30
 DTYPES = ("float16", "bfloat16", "float32")
@@ -73,18 +74,12 @@ def quantize_model(model: nn.Module, q_bits: int, q_group_size: int, recipe=None
     return config | overrides
 
 
-def _keeps_fp32(name: str) -> bool:
-    from phiflash_mlx.load import _keeps_fp32 as keeps
-
-    return keeps(name)
-
-
 def cast_model(model: nn.Module, dtype: str) -> None:
     """Cast floating weights; A_log, D, the lambdas and dt bias stay float32 (as sanitize)."""
     target = getattr(mx, dtype)
 
     def cast(k, v):
-        if not mx.issubdtype(v.dtype, mx.floating) or _keeps_fp32(k):
+        if not mx.issubdtype(v.dtype, mx.floating) or keeps_fp32(k):
             return v
         return v.astype(target)
 
