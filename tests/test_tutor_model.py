@@ -41,3 +41,23 @@ def test_mlx_engine_solves_fixed_heldout_problems(mlx_engine, index):
     assert "<think>" in out["reply"] and "</think>" in out["reply"]
     pred = extract_boxed(out["reply"])
     assert answers_equal(pred, ex["answer"]), (ex["question"], ex["answer"], out["reply"])
+
+
+@pytest.fixture(scope="module")
+def gguf_engine(tmp_path_factory):
+    from phiflash.quantize.gguf_convert import convert
+
+    from phiflash.engine import open_engine
+
+    out = tmp_path_factory.mktemp("tutor-gguf") / "tutor-q8_0.gguf"
+    convert(DEFAULT_MODEL_DIR, out, "q8_0", progress=False)
+    return open_engine(str(out))
+
+
+@pytest.mark.parametrize("index", FIXED)
+def test_gguf_engine_solves_fixed_heldout_problems(gguf_engine, index):
+    ex = dataset("test", 60)[index]
+    out = solve(gguf_engine, prompt_messages(ex), greedy_params(384))
+    assert out["finish_reason"] == "stop", out
+    pred = extract_boxed(out["reply"])
+    assert answers_equal(pred, ex["answer"]), (ex["question"], ex["answer"], out["reply"])
