@@ -143,9 +143,10 @@ def test_4bit_and_recipe_fidelity_order(fid):
 
 def test_bundled_tutor_model_quantization_fidelity(tmp_path):
     """The issue's bars (8-bit top-1 >= 99%, 4-bit >= 90% vs bf16) are out of reach on the
-    random fixture (8-bit 86%, 4-bit 25%: near-tied logits everywhere). On the trained tutor
-    model, over 512 tokens of held-out dialogues: 4-bit clears its bar; 8-bit is measured at
-    98.6% over 2048 tokens (README), so the test holds it to 98%."""
+    random fixture (8-bit 86%, 4-bit 25%: near-tied logits everywhere), so they are held on the
+    trained tutor model over 512 tokens of held-out dialogues. Float32 compute isolates the
+    weights' error (measured: 8-bit 100%, 4-bit 98.8%; with bf16 compute on both sides, where
+    activation rounding adds to it, `phiflash eval-quant` measures 99.0% / 98.2%)."""
     from phiflash.quantize.convert import convert
     from phiflash.quantize.fidelity import evaluate
 
@@ -157,8 +158,8 @@ def test_bundled_tutor_model_quantization_fidelity(tmp_path):
     for name, kw in {"q8": {"q_bits": 8}, "q4": {"q_bits": 4}}.items():
         out = tmp_path / name
         convert(DEFAULT_MODEL_DIR, out, quantize=True, progress=False, **kw)
-        r[name] = evaluate(DEFAULT_MODEL_DIR, out, text=text, max_tokens=512)
-    assert r["q8"]["top1_agreement"] >= 0.98
+        r[name] = evaluate(DEFAULT_MODEL_DIR, out, text=text, max_tokens=512, float32=True)
+    assert r["q8"]["top1_agreement"] >= 0.99
     assert r["q4"]["top1_agreement"] >= 0.90
     assert r["q8"]["kl_mean"] < r["q4"]["kl_mean"] < 0.05
 
