@@ -137,7 +137,7 @@ async def test_escape_stops_mid_stream_and_keeps_partial(store, tmp_path):
     app = app_for(engine, store, tmp_path)
     async with app.run_test(size=(100, 40)) as pilot:
         await ask(pilot, "count")
-        engine.release(6)
+        engine.release(5)  # "<think>", "a ", "b</think>", "one ", "two ": nothing more can arrive
         msg = app.query_one(AssistantMessage)
         await wait_until(pilot, lambda: "two" in msg.raw)
         shown = msg.turn.content
