@@ -48,16 +48,27 @@ ROOT = Path(__file__).resolve().parent.parent
 REAL_CONFIG = ROOT / "tests" / "fixtures" / "real-config" / "config.json"
 
 
+# --quick shrinks both models to these widths (all layer kinds and counts stay).
+QUICK_SIZES = dict(
+    hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=4
+)
+
+
+def timed(fn, reps: int = 5) -> float:
+    """Seconds per call of ``fn`` (evaluated), after one untimed call."""
+    mx.eval(fn())
+    mx.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        mx.eval(fn())
+    mx.synchronize()
+    return (time.perf_counter() - t) / reps
+
+
 def ours_model(quick: bool):
     cfg = json.loads(REAL_CONFIG.read_text())
     if quick:
-        cfg.update(
-            hidden_size=256,
-            intermediate_size=512,
-            num_attention_heads=8,
-            num_key_value_heads=4,
-            vocab_size=4096,
-        )
+        cfg.update(QUICK_SIZES, vocab_size=4096)
     return Model(ModelArgs.from_dict(cfg))
 
 
@@ -76,13 +87,7 @@ def phi3_model(quick: bool):
         max_position_embeddings=131072,
     )
     if quick:
-        args.update(
-            hidden_size=256,
-            intermediate_size=512,
-            num_attention_heads=8,
-            num_key_value_heads=4,
-            vocab_size=4096,
-        )
+        args.update(QUICK_SIZES, vocab_size=4096)
     return phi3.Model(phi3.ModelArgs(**args))
 
 
@@ -128,26 +133,8 @@ def measure_bandwidth() -> float:
     W = mx.random.normal((32768, 16384)).astype(mx.bfloat16)
     x = mx.random.normal((1, 16384)).astype(mx.bfloat16)
     mx.eval(W, x)
-    for _ in range(3):
-        mx.eval(x @ W.T)
-    n = 20
-    mx.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        mx.eval(x @ W.T)
-    mx.synchronize()
-    dt = (time.perf_counter() - t) / n
-    mx.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        mx.eval(mx.sum(W, axis=0))
-    mx.synchronize()
-    dt_sum = (time.perf_counter() - t) / n
-    del W
-    return W_BYTES / min(dt, dt_sum) / 1e9
-
-
-W_BYTES = 32768 * 16384 * 2
+    dt = min(timed(lambda: x @ W.T, reps=20), timed(lambda: mx.sum(W, axis=0), reps=20))
+    return W.nbytes / dt / 1e9
 
 
 def prefill_tps(model, n: int, vocab: int, step: int = 2048) -> float:
@@ -213,13 +200,6 @@ def cache_bytes_per_token(model, ctx: int) -> int:
 
 
 def decode_tps(model, ctx: int, n_tokens: int, dtype) -> float:
-    if not hasattr(model, "_decode_warm"):
-        decode_tps.__wrapped__(model, 256, 16, dtype)
-        model._decode_warm = True
-    return decode_tps.__wrapped__(model, ctx, n_tokens, dtype)
-
-
-def _decode_tps(model, ctx: int, n_tokens: int, dtype) -> float:
     cache = filled_cache(model, ctx, dtype)
     gen = generate_step(mx.array([1]), model, max_tokens=n_tokens, prompt_cache=cache)
     times = []
@@ -231,9 +211,6 @@ def _decode_tps(model, ctx: int, n_tokens: int, dtype) -> float:
     return (len(times) - 1 - skip) / (times[-1] - times[skip])
 
 
-decode_tps.__wrapped__ = _decode_tps
-
-
 def scan_bench(T: int, d: int, n: int) -> dict:
     mx.random.seed(0)
     u = mx.random.normal((1, T, d))
@@ -243,15 +220,6 @@ def scan_bench(T: int, d: int, n: int) -> dict:
     D = mx.ones((d,))
     s0 = mx.zeros((1, d, n))
     mx.eval(u, dt, A, B, C, D, s0)
-
-    def timed(fn, reps=5):
-        mx.eval(fn())
-        mx.synchronize()
-        t = time.perf_counter()
-        for _ in range(reps):
-            mx.eval(fn())
-        mx.synchronize()
-        return (time.perf_counter() - t) / reps
 
     out = {}
     t_chunk = timed(lambda: ssm_scan_chunked(u, dt, A, B, C, D, s0))
@@ -297,6 +265,7 @@ def bench_model(name, build, quant, args, vocab, bw):
     for n in args.prompts:
         prefill_tps(model, n, vocab)  # warm-up: compiles every chunk shape
         row[f"prompt_{n}_tok_s"] = prefill_tps(model, n, vocab)
+    decode_tps(model, 256, 16, mx.bfloat16)  # warm-up: compiles the decode step
     for ctx in args.contexts:
         tps = max(decode_tps(model, ctx, args.gen_tokens, mx.bfloat16) for _ in range(2))
         floor_s = (wbytes + cache_bytes_per_token(model, ctx)) / (bw * 1e9)

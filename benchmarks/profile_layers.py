@@ -6,7 +6,6 @@ python benchmarks/profile_layers.py [--tokens 2048] [--quick]
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -15,19 +14,14 @@ import mlx.core as mx  # noqa: E402
 from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache  # noqa: E402
 
 import phiflash_mlx  # noqa: E402, F401
+from benchmarks.bench_mlx import QUICK_SIZES, timed  # noqa: E402
 from phiflash_mlx.model import DecoderLayer, ModelArgs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def timed(fn, reps=5):
-    mx.eval(fn())
-    mx.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        mx.eval(fn())
-    mx.synchronize()
-    return (time.perf_counter() - t) / reps * 1e3
+def ms(fn) -> float:
+    return timed(fn) * 1e3
 
 
 def main():
@@ -37,9 +31,7 @@ def main():
     a = p.parse_args()
     cfg = json.loads((ROOT / "tests/fixtures/real-config/config.json").read_text())
     if a.quick:
-        cfg.update(
-            hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=4
-        )
+        cfg.update(QUICK_SIZES)
     args = ModelArgs.from_dict(cfg)
     T, H = a.tokens, args.hidden_size
     bf = mx.bfloat16
@@ -80,7 +72,7 @@ def main():
         def step(layer=layer, c1=c1, m1=m1, kv1=kv1):
             return layer(x1, c1, m1, kv1)[0]
 
-        rows[f"{idx}:{kind}"] = {"prefill_ms": timed(prefill), "step_ms": timed(step)}
+        rows[f"{idx}:{kind}"] = {"prefill_ms": ms(prefill), "step_ms": ms(step)}
         print(idx, kind, json.dumps(rows[f"{idx}:{kind}"]), flush=True)
     est = (
         8 * rows["0:mamba"]["prefill_ms"]
