@@ -34,16 +34,16 @@ class MLXEngine:
         prompt_cache_file: str | None = None,
         prefill_step_size: int = 2048,
     ):
-        from phiflash.blas import preload_openblas
-        from phiflash_mlx import load
+        from phiflash import blas
+        from phiflash_mlx.load import load_model, load_tokenizer
 
-        self.model, self.tokenizer = load(model_path, dtype=dtype)
+        self.model, self.config = load_model(model_path, dtype=dtype)
+        self.tokenizer = load_tokenizer(model_path, self.config)
         self.model_path = str(model_path)
-        self.config = json.loads((Path(model_path) / "config.json").read_text())
         self.quantization = describe_quantization(self.config, self.model)
         self.context_limit = int(self.config.get("max_position_embeddings", 65536))
         self.prefill_step_size = prefill_step_size
-        self.backend_note = f"CPU BLAS: {preload_openblas()}"
+        self.backend_note = f"CPU BLAS: {blas.status}"
         self._cache = None
         self._tokens: list[int] = []
         self._pinned = prompt_cache_file
@@ -144,29 +144,26 @@ class MLXEngine:
             gen.close()
 
 
-def prompt_cache_metadata(path: str) -> dict:
-    from mlx_lm.models.cache import load_prompt_cache
-
-    if not Path(path).is_file():
-        raise PromptCacheError(f"prompt cache file not found: {path}")
-    try:
-        _, meta = load_prompt_cache(path, return_metadata=True)
-    except Exception as e:
-        raise PromptCacheError(f"{path} is not a prompt cache ({e})") from e
-    if "phiflash_tokens" not in meta:
-        raise PromptCacheError(f"{path} was not made by `phiflash cache-prompt`")
-    return meta
-
-
-def load_prompt_cache_file(path: str):
-    """(cache, tokens) from a file written by `phiflash cache-prompt`."""
+def _read_prompt_cache(path: str):
+    """(cache, metadata) of a file written by `phiflash cache-prompt`, or one clear error."""
     from mlx_lm.models.cache import load_prompt_cache
 
     if not Path(path).is_file():
         raise PromptCacheError(f"prompt cache file not found: {path}")
     try:
         cache, meta = load_prompt_cache(path, return_metadata=True)
-        tokens = json.loads(meta["phiflash_tokens"])
     except Exception as e:
-        raise PromptCacheError(f"{path} is not a phiflash prompt cache ({e})") from e
-    return cache, tokens
+        raise PromptCacheError(f"{path} is not a prompt cache ({e})") from e
+    if "phiflash_tokens" not in meta:
+        raise PromptCacheError(f"{path} was not made by `phiflash cache-prompt`")
+    return cache, meta
+
+
+def prompt_cache_metadata(path: str) -> dict:
+    return _read_prompt_cache(path)[1]
+
+
+def load_prompt_cache_file(path: str):
+    """(cache, token ids) of a file written by `phiflash cache-prompt`."""
+    cache, meta = _read_prompt_cache(path)
+    return cache, json.loads(meta["phiflash_tokens"])
