@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) fork openblas
 
-# MLX's Linux CPU wheel ships a reference BLAS; Debian's OpenBLAS makes CPU prefill 10-15x
+# MLX's Linux CPU wheel ships a reference BLAS; Debian's OpenBLAS made CPU prefill 14.5x
 # faster and phiflash loads it when present. Best effort: skipped without root/apt.
 openblas:
 	@if [ "$$(uname)" = Linux ] && ! ls /usr/lib/*/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1; then \
