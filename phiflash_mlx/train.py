@@ -41,6 +41,7 @@ import mlx.optimizers as optim  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
 
+from phiflash.tutor_data import KINDS  # noqa: E402
 from phiflash_mlx.model import Model, ModelArgs  # noqa: E402
 
 # The bundled tutor model's architecture: every dimension of the real model is present.
@@ -108,6 +109,7 @@ class TrainConfig:
     seed: int = 0
     max_len: int = 416  # longest training sequence (tokens); longer dialogues are dropped
     chunk: int = 4096  # examples generated per data chunk (sorted by length into batches)
+    kinds: tuple[str, ...] = ()  # problem-kind mix, round-robin; repeat a kind to oversample it
     workers: int = 0  # data threads (0 = generate in the training loop)
     eval_every: int = 250
     eval_n: int = 192  # held-out problems for the teacher-forced exact match
@@ -328,12 +330,13 @@ def _chunk_seed(seed: int, chunk: int) -> int:
     return seed * 1_000_003 + chunk
 
 
-def build_chunk(tokenizer_dir: str, seed: int, chunk: int, n: int, batch_size: int, max_len: int):
-    """All batches of data chunk ``chunk`` (deterministic in (seed, chunk))."""
+def build_chunk(cfg: TrainConfig, chunk: int):
+    """All batches of data chunk ``chunk`` (deterministic in (seed, chunk, kinds))."""
     from phiflash.tutor_data import dataset
 
-    enc = Encoder(tokenizer_dir)
-    examples = dataset("train", n, _chunk_seed(seed, chunk))
+    seed, batch_size, max_len = cfg.seed, cfg.batch_size, cfg.max_len
+    enc = Encoder(cfg.tokenizer)
+    examples = dataset("train", cfg.chunk, _chunk_seed(seed, chunk), kinds=cfg.kinds or KINDS)
     return make_batches(enc.encode(examples), batch_size, max_len, _chunk_seed(seed, chunk))
 
 
@@ -345,7 +348,7 @@ class DataStream:
         self.per_chunk = None
         self.pool = None
         self.futures = {}
-        first = build_chunk(cfg.tokenizer, cfg.seed, 0, cfg.chunk, cfg.batch_size, cfg.max_len)
+        first = build_chunk(cfg, 0)
         self.per_chunk = len(first)
         self.cache = {0: first}
         if cfg.workers > 0:
@@ -357,20 +360,14 @@ class DataStream:
 
     def _submit(self, c: int):
         if self.pool is not None and c not in self.futures and c not in self.cache:
-            cfg = self.cfg
-            self.futures[c] = self.pool.submit(
-                build_chunk, cfg.tokenizer, cfg.seed, c, cfg.chunk, cfg.batch_size, cfg.max_len
-            )
+            self.futures[c] = self.pool.submit(build_chunk, self.cfg, c)
 
     def _get_chunk(self, c: int):
         if c not in self.cache:
             if c in self.futures:
                 self.cache[c] = self.futures.pop(c).result()
             else:
-                cfg = self.cfg
-                self.cache[c] = build_chunk(
-                    cfg.tokenizer, cfg.seed, c, cfg.chunk, cfg.batch_size, cfg.max_len
-                )
+                self.cache[c] = build_chunk(self.cfg, c)
         for old in [k for k in self.cache if k < c]:
             del self.cache[old]
         return self.cache[c]
@@ -742,6 +739,15 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--workers", type=int, default=d.workers, help="data threads")
     ap.add_argument("--chunk", type=int, default=d.chunk, help="examples per data chunk")
+    ap.add_argument(
+        "--kinds",
+        nargs="+",
+        default=None,
+        choices=KINDS,
+        metavar="KIND",
+        help="problem-kind mix, drawn round-robin (repeat a kind to oversample it; "
+        "default: every kind once)",
+    )
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
     ap.add_argument("--eval-n", type=int, default=d.eval_n)
     ap.add_argument("--greedy-every", type=int, default=d.greedy_every)
@@ -787,6 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=a.seed,
         workers=a.workers,
         chunk=a.chunk,
+        kinds=tuple(a.kinds or ()),
         eval_every=a.eval_every,
         eval_n=a.eval_n,
         greedy_every=a.greedy_every,

@@ -10,9 +10,10 @@ from phiflash.paths import DEFAULT_MODEL_DIR
 from phiflash.tutor_data import dataset, prompt_messages, split_of
 
 # Indices into dataset("test", 60), the start of the held-out set eval-math uses: one problem
-# of each kind that the committed model solves greedily (it solves ~70% of held-out problems,
-# so these pin its behaviour through the engine rather than its accuracy; see its model card).
-FIXED = (0, 2, 3, 5, 10, 13)  # add, mul, frac, percent, linear, sub
+# of each kind that the committed model solves greedily (it solves 92% of the first 500 held-out
+# problems, so these pin its behaviour through the engine rather than its accuracy; see its model
+# card).
+FIXED = (0, 2, 3, 17, 10, 13)  # add, mul, frac, percent, linear, sub
 
 
 @pytest.fixture(scope="module")
