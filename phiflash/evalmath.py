@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 from phiflash.engine import Engine, GenerationParams
 from phiflash.mathcheck import answers_equal, extract_boxed
-from phiflash.tutor_data import KINDS, dataset, prompt_messages
+from phiflash.tutor_data import KINDS, dataset, kinds_arg, prompt_messages
 
 DEFAULT_N = 500
 DEFAULT_MAX_TOKENS = 512
@@ -138,7 +138,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--split", choices=("test", "train"), default="test")
     ap.add_argument("--seed", type=int, default=None, help="problem seed (default: the split's)")
     ap.add_argument(
-        "--kinds", default=None, help=f"comma-separated subset of {','.join(KINDS)} (default: all)"
+        "--kinds",
+        type=kinds_arg,
+        default=KINDS,
+        help=f"comma-separated subset of {','.join(KINDS)} (default: all)",
     )
     ap.add_argument(
         "--max-tokens",
@@ -160,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, engine: Engine | None = None) -> int:
     args = _parser().parse_args(argv)
-    kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else KINDS
+    kinds = args.kinds
     problems = dataset(args.split, args.n, args.seed, kinds=kinds)
     if engine is None:
         from phiflash.engine import open_engine

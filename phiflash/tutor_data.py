@@ -587,6 +587,19 @@ def dataset(
     return out
 
 
+def kinds_arg(text: str) -> tuple[str, ...]:
+    """argparse type for ``--kinds``: comma-separated kinds ("add,percent,percent")."""
+    import argparse
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in _GENERATORS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown kind {bad[0] if bad else text!r} (choose from {','.join(KINDS)})"
+        )
+    return kinds
+
+
 def prompt_messages(example: dict) -> list[dict]:
     """The messages to send to a model: everything before the assistant's reply."""
     msgs = example["messages"]

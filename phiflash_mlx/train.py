@@ -41,7 +41,7 @@ import mlx.optimizers as optim  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
 
-from phiflash.tutor_data import KINDS  # noqa: E402
+from phiflash.tutor_data import KINDS, kinds_arg  # noqa: E402
 from phiflash_mlx.model import Model, ModelArgs  # noqa: E402
 
 # The bundled tutor model's architecture: every dimension of the real model is present.
@@ -109,7 +109,7 @@ class TrainConfig:
     seed: int = 0
     max_len: int = 416  # longest training sequence (tokens); longer dialogues are dropped
     chunk: int = 4096  # examples generated per data chunk (sorted by length into batches)
-    kinds: tuple[str, ...] = ()  # problem-kind mix, round-robin; repeat a kind to oversample it
+    kinds: tuple[str, ...] = KINDS  # problem-kind mix, round-robin; repeat a kind to oversample
     workers: int = 0  # data threads (0 = generate in the training loop)
     eval_every: int = 250
     eval_n: int = 192  # held-out problems for the teacher-forced exact match
@@ -336,7 +336,7 @@ def build_chunk(cfg: TrainConfig, chunk: int):
 
     seed, batch_size, max_len = cfg.seed, cfg.batch_size, cfg.max_len
     enc = Encoder(cfg.tokenizer)
-    examples = dataset("train", cfg.chunk, _chunk_seed(seed, chunk), kinds=cfg.kinds or KINDS)
+    examples = dataset("train", cfg.chunk, _chunk_seed(seed, chunk), kinds=cfg.kinds)
     return make_batches(enc.encode(examples), batch_size, max_len, _chunk_seed(seed, chunk))
 
 
@@ -741,12 +741,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--chunk", type=int, default=d.chunk, help="examples per data chunk")
     ap.add_argument(
         "--kinds",
-        nargs="+",
-        default=None,
-        choices=KINDS,
-        metavar="KIND",
-        help="problem-kind mix, drawn round-robin (repeat a kind to oversample it; "
-        "default: every kind once)",
+        type=kinds_arg,
+        default=KINDS,
+        help="comma-separated problem-kind mix, drawn round-robin; repeat a kind to oversample "
+        f"it (default: {','.join(KINDS)})",
     )
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
     ap.add_argument("--eval-n", type=int, default=d.eval_n)
@@ -793,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=a.seed,
         workers=a.workers,
         chunk=a.chunk,
-        kinds=tuple(a.kinds or ()),
+        kinds=a.kinds,
         eval_every=a.eval_every,
         eval_n=a.eval_n,
         greedy_every=a.greedy_every,

@@ -147,3 +147,19 @@ def test_cli_parser_defaults():
     L = args.num_hidden_layers
     assert kinds[L // 2] == "mamba_mem" and kinds[L // 2 + 1] == "attn"
     assert set(kinds[L // 2 + 2 :]) == {"gmu", "cross"}
+
+
+def test_kinds_mix_drives_the_training_data(tmp_path):
+    from phiflash.tutor_data import KINDS
+
+    assert T._parser().parse_args([]).kinds == KINDS
+    a = T._parser().parse_args(["--kinds", "percent,percent,linear"])
+    assert a.kinds == ("percent", "percent", "linear")
+    with pytest.raises(SystemExit):
+        T._parser().parse_args(["--kinds", "add,calculus"])
+    # only percent problems in the batches: every target contains a percent sign
+    cfg = _cfg(tmp_path, chunk=16, batch_size=4, kinds=("percent",))
+    tok = T.Encoder(cfg.tokenizer).tok
+    for x, y, m in T.build_chunk(cfg, 0):
+        for row in range(x.shape[0]):
+            assert "%" in tok.decode(y[row][m[row] > 0].tolist(), skip_special_tokens=False)
