@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
+
 from phiflash.engine import Chunk, GenerationParams, Message
 from phiflash.errors import ContextLengthError, ModelLoadError, WrongArchitectureError
 
@@ -242,3 +244,38 @@ class GGUFEngine:
             context_used=len(self._tokens),
             finish_reason=finish,
         )
+
+
+def position_logits(
+    model_path: str | os.PathLike, n_threads: int | None = None, flash_attn: bool = True
+) -> Callable[[list[int]], np.ndarray]:
+    """Logits source for ``phiflash eval-quant``: ``tokens -> [T, vocab]`` float32, row t
+    predicting token t+1 (every row computed, so the cross-decoder runs on the whole prompt)."""
+    read_header(model_path)
+    from phiflash_gguf.build import ensure_llama_cpp
+
+    lc = ensure_llama_cpp()
+    threads = n_threads or os.cpu_count() or 1
+
+    def logits(tokens: list[int]) -> np.ndarray:
+        try:
+            llm = lc.Llama(
+                model_path=str(model_path),
+                n_ctx=len(tokens) + 1,
+                n_batch=512,
+                n_threads=threads,
+                n_threads_batch=threads,
+                flash_attn=flash_attn,
+                logits_all=True,
+                swa_full=False,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"llama.cpp could not load {Path(model_path).name}: {e}") from None
+        try:
+            llm.eval(list(tokens))
+            return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+        finally:
+            llm.close()
+
+    return logits

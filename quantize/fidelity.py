@@ -54,25 +54,14 @@ def mlx_logits(path, chunk: int = 512, float32: bool = False) -> LogitsFn:
     return logits
 
 
-def gguf_logits(path) -> LogitsFn:
-    """Logits source for a .gguf file, through ``phiflash_gguf.engine.position_logits``
-    (``position_logits(path) -> callable(tokens) -> [T, vocab]``) once the GGUF engine has it."""
-    try:
-        from phiflash_gguf.engine import position_logits
-    except ImportError as e:
-        raise ModelLoadError(
-            f"cannot evaluate {Path(path).name}: the GGUF engine does not offer per-position "
-            "logits yet (phiflash_gguf.engine.position_logits)"
-        ) from e
-    return position_logits(str(path))
-
-
 def open_logits(path, float32: bool = False) -> LogitsFn:
     path = Path(path)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
-        return gguf_logits(path)
+        from phiflash_gguf.engine import position_logits
+
+        return position_logits(path)
     return mlx_logits(path, float32=float32)
 
 
@@ -147,7 +136,7 @@ def format_report(r: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="phiflash eval-quant",
-        description="Compare a converted model (MLX dir, later .gguf) with its reference: "
+        description="Compare a converted model (MLX dir or .gguf) with its reference: "
         "KL divergence (mean, p99), top-1 agreement and perplexity over a text.",
     )
     p.add_argument("--reference", required=True, help="reference model dir (e.g. bf16)")

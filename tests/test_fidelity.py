@@ -1,4 +1,4 @@
-"""`phiflash eval-quant`: the metrics, the CLI, and the GGUF hook."""
+"""`phiflash eval-quant`: the metrics, the CLI, MLX and GGUF models."""
 
 import json
 
@@ -58,29 +58,16 @@ def test_cli_text_file_and_json(q8, tmp_path, golden, capsys):
         assert label in report
 
 
-def test_gguf_without_logits_support_is_one_clear_line(tmp_path, capsys, monkeypatch):
-    import sys
+def test_gguf_model_through_eval_quant(tmp_path, capsys):
+    from phiflash.quantize.gguf_convert import convert
 
-    monkeypatch.setitem(sys.modules, "phiflash_gguf.engine", None)  # engine not there (yet)
-    g = tmp_path / "m.gguf"
-    g.write_bytes(b"GGUF")
-    code = cli_main(["eval-quant", "--reference", str(TINY), "--model", str(g)])
-    err = capsys.readouterr().err.strip()
-    assert code == 1 and len(err.splitlines()) == 1 and "per-position logits" in err
-
-
-def test_gguf_plugs_in_through_position_logits(tmp_path, monkeypatch):
-    import sys
-    import types
-
-    ref = fidelity.mlx_logits(TINY)
-    engine = types.ModuleType("phiflash_gguf.engine")
-    engine.position_logits = lambda path: ref  # a GGUF engine returning the same logits
-    monkeypatch.setitem(sys.modules, "phiflash_gguf.engine", engine)
-    g = tmp_path / "m.gguf"
-    g.write_bytes(b"GGUF")
-    r = fidelity.evaluate(TINY, g, max_tokens=32)
-    assert r["kl_mean"] == 0.0 and r["top1_agreement"] == 1.0
+    g = convert(TINY, tmp_path / "tiny-f32.gguf", "f32", progress=False)
+    args = ["eval-quant", "--reference", str(TINY), "--model", str(g), "--float32", "--json"]
+    code = cli_main(args)
+    r = json.loads(capsys.readouterr().out)
+    # the same float32 weights through llama.cpp (F16 KV cache) and through MLX
+    assert code == 0 and r["positions"] > 50
+    assert r["kl_mean"] < 1e-4 and r["top1_agreement"] >= 0.95
 
 
 def test_bad_paths(tmp_path, capsys):
