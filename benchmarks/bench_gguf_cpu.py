@@ -254,15 +254,22 @@ def child(args) -> dict:
         return n / (time.perf_counter() - t)
 
     out = {"load_s": load_s, "pp": {}, "tg": {}}
+
+    def note(kind, n):  # each point as it lands (a 16K fill takes most of an hour on 2 cores)
+        line = f"  {Path(args.model).stem}: {kind} {n}: {out[kind][n]:.2f} tok/s"
+        print(line, file=sys.stderr, flush=True)
+
     filled = 0
     for p in sorted(set(args.prompts)):
         llm.reset()
         t = time.perf_counter()
         llm.eval(toks(p))
         out["pp"][p] = p / (time.perf_counter() - t)
+        note("pp", p)
         filled = p
         if p in args.contexts:  # the prompt doubles as the fill for this context
             out["tg"][p] = decode(args.gen)
+            note("tg", p)
             filled += args.gen + 1
     for c in sorted(set(args.contexts) - set(out["tg"])):
         if c < filled:
@@ -270,6 +277,7 @@ def child(args) -> dict:
             filled = 0
         llm.eval(toks(c - filled))
         out["tg"][c] = decode(args.gen)
+        note("tg", c)
         filled = c + args.gen + 1
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     return out
@@ -290,10 +298,16 @@ def run_child(model: Path, args) -> dict:
         "--contexts",
         *map(str, args.contexts),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"benchmark child failed for {model.name}:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = []
+    for line in proc.stderr:  # the child's progress lines, passed through as they come
+        err.append(line)
+        if line.startswith("  "):
+            print(line, end="", flush=True)
+    out = proc.stdout.read()
+    if proc.wait() != 0:
+        raise SystemExit(f"benchmark child failed for {model.name}:\n{''.join(err)[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def fmt_table(results: dict, args, bw: float) -> str:
