@@ -423,9 +423,14 @@ def quantize_gguf(src: Path, dst: Path, outtype: str, n_threads: int | None = No
 
 
 def convert(
-    hf_path: Path, outfile: Path, outtype: str, progress: bool = True, n_threads: int | None = None
+    hf_path: str | Path,
+    outfile: str | Path,
+    outtype: str,
+    progress: bool = True,
+    n_threads: int | None = None,
 ) -> Path:
     """Convert ``hf_path`` to ``outfile`` (temp file + rename). Returns ``outfile``."""
+    hf_path, outfile = Path(hf_path), Path(outfile)
     if outtype not in OUTTYPES:
         raise ConversionError(f"unknown --outtype {outtype!r} (choose from {', '.join(OUTTYPES)})")
     cfg = read_config(hf_path)  # fail fast, before creating anything

@@ -1,0 +1,128 @@
+"""Stock llama.cpp, for checking what an unpatched llama-cpp-python does with our GGUF.
+
+Compiles ``libllama.so`` from the *unpatched* ``vendor/llama.cpp/src`` of the same pinned
+llama-cpp-python sdist and links it against the ``libggml*`` the fork wheel installed (the
+fork's patch series touches only ``src/``, never ggml, so those libraries are stock). Pointing
+llama-cpp-python's own ``LLAMA_CPP_LIB_PATH`` at :func:`ensure_stock_lib` then gives exactly
+the stock ``llama_cpp`` package: same Python code, same ggml, upstream model code.
+
+Unoptimized (``-O0``: this library only ever has to load a model's header and refuse it),
+cached under the sdist hash (188 files; a few minutes on two cores).
+
+    python -m phiflash_gguf.stock            # build (or find) it and print its directory
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from phiflash_gguf.build import (
+    SDIST_SHA256,
+    UPSTREAM_VERSION,
+    BuildError,
+    _log,
+    cache_dir,
+    ensure_llama_cpp,
+    fetch_sdist,
+)
+
+GGML_LIBS = ("libggml.so.0", "libggml-base.so.0", "libggml-cpu.so.0")
+DEFINES = ("-DGGML_BACKEND_SHARED", "-DGGML_SHARED", "-DGGML_USE_CPU", "-DLLAMA_BUILD")
+DEFINES += ("-DLLAMA_SHARED",)
+
+
+def stock_dir() -> Path:
+    return cache_dir() / f"stock-{SDIST_SHA256[:16]}"
+
+
+def _unpack_llama_src(sdist: Path, dst: Path) -> Path:
+    """``vendor/llama.cpp`` of the sdist (src, include, ggml/include only), unpatched."""
+    prefix = f"llama_cpp_python-{UPSTREAM_VERSION}/vendor/llama.cpp/"
+    keep = tuple(prefix + d for d in ("src/", "include/", "ggml/include/"))
+    with tarfile.open(sdist) as tf:
+        members = [m for m in tf.getmembers() if m.name.startswith(keep)]
+        if not members:
+            raise BuildError(f"{sdist.name} has no vendor/llama.cpp/src")
+        tf.extractall(dst, members=members, filter="data")
+    return dst / prefix
+
+
+def _compile(args: tuple[list[str], Path]) -> str | None:
+    cmd, obj = args
+    if obj.is_file():  # compiled by an interrupted earlier run
+        return None
+    tmp = obj.with_suffix(".o.tmp")
+    proc = subprocess.run([*cmd, "-o", str(tmp)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        errs = [ln for ln in proc.stderr.splitlines() if "error" in ln] or ["(no message)"]
+        return f"{obj.name}: {errs[0]}"
+    tmp.rename(obj)
+    return None
+
+
+def ensure_stock_lib() -> Path:
+    """Directory with a stock ``libllama.so`` and the installed ggml libraries beside it."""
+    out = stock_dir()
+    lib = out / "lib"
+    if (lib / "libllama.so").is_file():
+        return lib
+    lc = ensure_llama_cpp()
+    ggml_dir = Path(lc.__file__).parent / "lib"
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if cxx is None:
+        raise BuildError("no C++ compiler (c++ or g++) on PATH")
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    root = _unpack_llama_src(fetch_sdist(), work)
+    version_in = root / "src" / "llama-version.h.in"  # CMake's configure_file, by hand
+    text = version_in.read_text().replace("@LLAMA_VERSION@", f"stock-{UPSTREAM_VERSION}")
+    (root / "src" / "llama-version.h").write_text(text.replace("@LLAMA_BUILD_COMMIT@", "sdist"))
+    sources = sorted((root / "src").rglob("*.cpp"))
+    flags = ["-std=c++17", "-O0", "-fPIC", *DEFINES]
+    flags += [f"-I{root / 'src'}", f"-I{root / 'include'}", f"-I{root / 'ggml' / 'include'}"]
+    jobs = []
+    for i, src in enumerate(sources):
+        obj = work / "obj" / f"{i:03d}-{src.stem}.o"
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        jobs.append(([cxx, *flags, "-c", str(src)], obj))
+    _log(f"compiling stock libllama ({len(jobs)} files, -O0) for the stock-refusal check")
+    with ThreadPoolExecutor(os.cpu_count() or 2) as ex:
+        errors = [e for e in ex.map(_compile, jobs) if e]
+    if errors:
+        raise BuildError(f"stock libllama: {len(errors)} file(s) failed, first: {errors[0]}")
+    tmp = out / "lib.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name in GGML_LIBS:
+        (tmp / name).symlink_to(ggml_dir / name)
+    link = [cxx, "-shared", "-Wl,-soname,libllama.so.0", "-Wl,-rpath,$ORIGIN"]
+    link += [str(o) for _, o in jobs]
+    link += [f"-L{tmp}", "-l:libggml.so.0", "-l:libggml-base.so.0", "-o", str(tmp / "libllama.so")]
+    proc = subprocess.run(link, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"stock libllama link failed: {proc.stderr.strip()[-500:]}")
+    if lib.exists():
+        shutil.rmtree(lib)
+    tmp.rename(lib)
+    shutil.rmtree(work)
+    return lib
+
+
+def main() -> int:
+    try:
+        print(ensure_stock_lib())
+    except BuildError as e:
+        print(f"phiflash_gguf.stock: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
