@@ -251,31 +251,16 @@ def position_logits(
 ) -> Callable[[list[int]], np.ndarray]:
     """Logits source for ``phiflash eval-quant``: ``tokens -> [T, vocab]`` float32, row t
     predicting token t+1 (every row computed, so the cross-decoder runs on the whole prompt)."""
-    read_header(model_path)
-    from phiflash_gguf.build import ensure_llama_cpp
-
-    lc = ensure_llama_cpp()
-    threads = n_threads or os.cpu_count() or 1
+    read_header(model_path)  # fail fast on a bad file, before any tokens are read
 
     def logits(tokens: list[int]) -> np.ndarray:
+        engine = GGUFEngine(
+            model_path, n_threads, n_ctx=len(tokens) + 1, flash_attn=flash_attn, logits_all=True
+        )
         try:
-            llm = lc.Llama(
-                model_path=str(model_path),
-                n_ctx=len(tokens) + 1,
-                n_batch=512,
-                n_threads=threads,
-                n_threads_batch=threads,
-                flash_attn=flash_attn,
-                logits_all=True,
-                swa_full=False,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError) as e:
-            raise ModelLoadError(f"llama.cpp could not load {Path(model_path).name}: {e}") from None
-        try:
-            llm.eval(list(tokens))
-            return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+            engine.llm.eval(list(tokens))
+            return np.array(engine.llm.scores[: len(tokens)], dtype=np.float32)
         finally:
-            llm.close()
+            engine.llm.close()
 
     return logits

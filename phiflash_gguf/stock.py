@@ -33,8 +33,13 @@ from phiflash_gguf.build import (
 )
 
 GGML_LIBS = ("libggml.so.0", "libggml-base.so.0", "libggml-cpu.so.0")
-DEFINES = ("-DGGML_BACKEND_SHARED", "-DGGML_SHARED", "-DGGML_USE_CPU", "-DLLAMA_BUILD")
-DEFINES += ("-DLLAMA_SHARED",)
+DEFINES = (
+    "-DGGML_BACKEND_SHARED",
+    "-DGGML_SHARED",
+    "-DGGML_USE_CPU",
+    "-DLLAMA_BUILD",
+    "-DLLAMA_SHARED",
+)
 
 
 def stock_dir() -> Path:
