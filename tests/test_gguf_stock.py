@@ -10,11 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import TINY
 from phiflash.quantize.gguf_convert import convert
 
 from phiflash_gguf.stock import ensure_stock_lib
-
-TINY = Path(__file__).parent / "fixtures" / "sambay-tiny"
 
 PROBE = r"""
 import sys
