@@ -178,6 +178,36 @@ def test_window_sized_swa_cache_and_ubatches_without_outputs(lc, ggufs, golden, 
         assert _rel(_last_logits(lc, llm)[None], golden["logits_decode"][k : k + 1]) <= 1e-4
 
 
+@pytest.mark.parametrize("f32_cache", [True, False], ids=["f32-kv", "f16-kv"])
+def test_decode_op_matches_attention_ops_over_long_context(lc, ggufs, f32_cache):
+    # With flash attention on, a decode step's differential attention runs in the fork's own
+    # CPU op (one pass over each KV pair's keys, in 1024-key chunks merged after); with it off,
+    # in ggml's attention ops. 2600 tokens of context: three chunks for the global layer and
+    # the cross-decoder, most of the window-sized SWA cache masked.
+    rng = np.random.default_rng(3)
+    ids = rng.integers(10, 250, size=2600).tolist()
+    steps = rng.integers(10, 250, size=3).tolist()
+    logits = {}
+    for fa in (True, False):
+        llm = lc.Llama(
+            str(ggufs["f32"]),
+            n_ctx=2640,
+            n_batch=512,
+            flash_attn=fa,
+            n_threads=2,
+            verbose=False,
+            **({"type_k": GGML_TYPE_F32, "type_v": GGML_TYPE_F32} if f32_cache else {}),
+        )
+        llm.eval(ids)
+        rows = []
+        for t in steps:
+            llm.eval([t])
+            rows.append(_last_logits(lc, llm).copy())
+        logits[fa] = np.stack(rows)
+    # F16 cache: the mul_mat path rounds softmax weights to F16, the op keeps them in F32
+    assert _rel(logits[True], logits[False]) <= (1e-4 if f32_cache else 5e-3)
+
+
 def test_bundled_tutor_model_q8_0_and_q4_0_agree_with_f32(lc, tmp_path):
     """The issue's Q8_0 bar (top-1 agreement with F32 >= 98%) on a trained model, whose logits
     are not near-tied like the random fixture's: 512 tokens of held-out tutoring dialogues."""

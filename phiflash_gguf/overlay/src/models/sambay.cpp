@@ -17,6 +17,13 @@
 #include "../llama-memory-hybrid-iswa.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define SAMBAY_X86 1
+#endif
 
 void llama_model_sambay::load_arch_hparams(llama_model_loader & ml) {
     ml.get_key(LLM_KV_SSM_CONV_KERNEL,    hparams.ssm_d_conv);
@@ -156,11 +163,364 @@ ggml_tensor * llama_model_sambay::graph::build_mha(ggml_tensor * q, ggml_tensor 
     return cur;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Decode-time differential attention on the CPU (two ggml custom ops per layer).
+//
+// ggml's flash-attention kernel walks the keys once per query head and runs each softmax branch
+// as its own op, so for one token a layer reads K twice (GQA 2) and V' four times, with an
+// online-softmax update per key and head. Here one task owns one KV pair (K heads 2j, 2j+1 and
+// V' = V heads 2j|2j+1), one query row and one chunk of keys: it walks those keys once, in
+// blocks, for every query head of the group and both branches (online softmax per head); a
+// second op merges the chunks and writes a1 - lambda*a2.
+// Same math as build_diff_attn's flash-attention path, in F32 with F32 accumulators.
+
+namespace {
+
+constexpr int DIFF_BLOCK = 32; // keys per block
+constexpr int DIFF_MAXH  = 8;  // query heads per KV pair and branch (GQA group), at most
+
+inline float to_f32(float x) { return x; }
+inline float to_f32(ggml_fp16_t x) { return ggml_fp16_to_fp32(x); }
+
+// s[h][k] = q_h . K_k for nk keys; K rows at kb + k*kstride (elements)
+template <typename T>
+void diff_scores_scalar(const T * kb, size_t kstride, int nk, const float * const * q, int nh, int hd,
+        float s[][DIFF_BLOCK]) {
+    for (int k = 0; k < nk; ++k) {
+        const T * kr = kb + k*kstride;
+        for (int h = 0; h < nh; ++h) {
+            float acc = 0.0f;
+            for (int d = 0; d < hd; ++d) {
+                acc += q[h][d]*to_f32(kr[d]);
+            }
+            s[h][k] = acc;
+        }
+    }
+}
+
+// acc[h][0:hd] += sum_k p[h][k] * V0_k,  acc[h][hd:2hd] += sum_k p[h][k] * V1_k
+template <typename T>
+void diff_accum_scalar(const T * v0, const T * v1, size_t vstride, int nk, const float p[][DIFF_BLOCK],
+        int nh, int hd, float * const * acc) {
+    for (int k = 0; k < nk; ++k) {
+        for (int h = 0; h < nh; ++h) {
+            const float w = p[h][k];
+            for (int d = 0; d < hd; ++d) {
+                acc[h][d]      += w*to_f32(v0[k*vstride + d]);
+                acc[h][hd + d] += w*to_f32(v1[k*vstride + d]);
+            }
+        }
+    }
+}
+
+#ifdef SAMBAY_X86
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const float * x) { return _mm256_loadu_ps(x); }
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const ggml_fp16_t * x) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) x));
+}
+
+__attribute__((target("avx2,fma,f16c"))) inline float hsum8(__m256 v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_add_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+template <typename T>
+__attribute__((target("avx2,fma,f16c")))
+void diff_scores_avx2(const T * kb, size_t kstride, int nk, const float * const * q, int nh, int hd,
+        float s[][DIFF_BLOCK]) {
+    for (int k = 0; k < nk; ++k) {
+        const T * kr = kb + k*kstride;
+        __m256 a[DIFF_MAXH];
+        for (int h = 0; h < nh; ++h) {
+            a[h] = _mm256_setzero_ps();
+        }
+        for (int d = 0; d < hd; d += 8) {
+            const __m256 kv = load8(kr + d);
+            for (int h = 0; h < nh; ++h) {
+                a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q[h] + d), kv, a[h]);
+            }
+        }
+        for (int h = 0; h < nh; ++h) {
+            s[h][k] = hsum8(a[h]);
+        }
+    }
+}
+
+template <typename T>
+__attribute__((target("avx2,fma,f16c")))
+void diff_accum_avx2(const T * v0, const T * v1, size_t vstride, int nk, const float p[][DIFF_BLOCK],
+        int nh, int hd, float * const * acc) {
+    for (int half = 0; half < 2; ++half) {
+        const T * vb = half ? v1 : v0;
+        for (int d = 0; d < hd; d += 8) {
+            __m256 a[2*DIFF_MAXH];
+            for (int h = 0; h < nh; ++h) {
+                a[h] = _mm256_loadu_ps(acc[h] + half*hd + d);
+            }
+            for (int k = 0; k < nk; ++k) {
+                const __m256 vv = load8(vb + k*vstride + d);
+                for (int h = 0; h < nh; ++h) {
+                    a[h] = _mm256_fmadd_ps(_mm256_set1_ps(p[h][k]), vv, a[h]);
+                }
+            }
+            for (int h = 0; h < nh; ++h) {
+                _mm256_storeu_ps(acc[h] + half*hd + d, a[h]);
+            }
+        }
+    }
+}
+
+bool diff_have_avx2() {
+    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                           __builtin_cpu_supports("f16c");
+    return ok;
+}
+#endif
+
+template <typename T>
+void diff_scores(const T * kb, size_t kstride, int nk, const float * const * q, int nh, int hd,
+        float s[][DIFF_BLOCK]) {
+#ifdef SAMBAY_X86
+    if (hd % 8 == 0 && diff_have_avx2()) {
+        return diff_scores_avx2(kb, kstride, nk, q, nh, hd, s);
+    }
+#endif
+    diff_scores_scalar(kb, kstride, nk, q, nh, hd, s);
+}
+
+template <typename T>
+void diff_accum(const T * v0, const T * v1, size_t vstride, int nk, const float p[][DIFF_BLOCK],
+        int nh, int hd, float * const * acc) {
+#ifdef SAMBAY_X86
+    if (hd % 8 == 0 && diff_have_avx2()) {
+        return diff_accum_avx2(v0, v1, vstride, nk, p, nh, hd, acc);
+    }
+#endif
+    diff_accum_scalar(v0, v1, vstride, nk, p, nh, hd, acc);
+}
+
+// Partials: src q {hd, n_head, T} F32, k/v cache views {hd, n_kv_head, n_kv} (not transposed),
+// mask {n_kv, >= T}; dst {(2 + 2*hd)*nh, n_chunk, n_kvpair, T} F32 holds, per query row, KV pair
+// and chunk of keys, each head's running max M, sum S and unnormalized V' accumulator.
+// Query heads of a task: the g pairs of KV pair j, branch 1 (even heads) then branch 2 (odd).
+template <typename T>
+void diff_partials_typed(ggml_tensor * dst, int ith, int nth) {
+    const ggml_tensor * q    = dst->src[0];
+    const ggml_tensor * k    = dst->src[1];
+    const ggml_tensor * v    = dst->src[2];
+    const ggml_tensor * mask = dst->src[3];
+
+    const int hd       = (int) q->ne[0];
+    const int n_pair   = (int) q->ne[1]/2;
+    const int n_kvpair = (int) k->ne[1]/2;
+    const int n_kv     = (int) k->ne[2];
+    const int n_chunk  = (int) dst->ne[1];
+    const int n_tasks  = (int) (dst->ne[1]*dst->ne[2]*dst->ne[3]);
+    const int g        = n_pair/n_kvpair;
+    const int nh       = 2*g;
+    const int per_head = 2 + 2*hd;
+    const int chunk    = (n_kv + n_chunk - 1)/n_chunk;
+
+    const size_t kstride = k->nb[2]/sizeof(T);
+    const size_t vstride = v->nb[2]/sizeof(T);
+    const float  scale   = 1.0f/sqrtf(float(hd));
+
+    GGML_ASSERT(per_head*nh == dst->ne[0]);
+
+    float s[2*DIFF_MAXH][DIFF_BLOCK];
+
+    for (int task = ith; task < n_tasks; task += nth) {
+        const int c = task % n_chunk;
+        const int j = (task / n_chunk) % n_kvpair;
+        const int t = task / (n_chunk*n_kvpair);
+
+        const float * qh[2*DIFF_MAXH];
+        for (int i = 0; i < g; ++i) {
+            for (int b = 0; b < 2; ++b) {
+                qh[b*g + i] = (const float *) ((const char *) q->data + t*q->nb[2] + (2*(j*g + i) + b)*q->nb[1]);
+            }
+        }
+        const char * mrow = (const char *) mask->data + t*mask->nb[1];
+        const T * kb[2] = {
+            (const T *) ((const char *) k->data + (2*j    )*k->nb[1]),
+            (const T *) ((const char *) k->data + (2*j + 1)*k->nb[1]),
+        };
+        const T * v0 = (const T *) ((const char *) v->data + (2*j    )*v->nb[1]);
+        const T * v1 = (const T *) ((const char *) v->data + (2*j + 1)*v->nb[1]);
+
+        float * part = (float *) ((char *) dst->data + c*dst->nb[1] + j*dst->nb[2] + t*dst->nb[3]);
+        float * M = part;          // [nh]
+        float * S = part + nh;     // [nh]
+        float * acc[2*DIFF_MAXH];  // [nh][2*hd]
+        for (int h = 0; h < nh; ++h) {
+            acc[h] = part + 2*nh + h*2*hd;
+            M[h]   = -INFINITY;
+            S[h]   = 0.0f;
+        }
+        std::fill(acc[0], acc[0] + nh*2*hd, 0.0f);
+
+        const int kend = std::min(n_kv, (c + 1)*chunk);
+        for (int k0 = c*chunk; k0 < kend; k0 += DIFF_BLOCK) {
+            const int nk = std::min(DIFF_BLOCK, kend - k0);
+            float mv[DIFF_BLOCK];
+            bool any = false;
+            for (int kk = 0; kk < nk; ++kk) {
+                mv[kk] = mask->type == GGML_TYPE_F16
+                    ? ggml_fp16_to_fp32(((const ggml_fp16_t *) mrow)[k0 + kk])
+                    : ((const float *) mrow)[k0 + kk];
+                any = any || mv[kk] != -INFINITY;
+            }
+            if (!any) {
+                continue;
+            }
+            diff_scores(kb[0] + k0*kstride, kstride, nk, qh,     g, hd, s);
+            diff_scores(kb[1] + k0*kstride, kstride, nk, qh + g, g, hd, s + g);
+            for (int h = 0; h < nh; ++h) {
+                float mx = M[h];
+                for (int kk = 0; kk < nk; ++kk) {
+                    s[h][kk] = mv[kk] == -INFINITY ? -INFINITY : s[h][kk]*scale + mv[kk];
+                    mx = std::max(mx, s[h][kk]);
+                }
+                if (mx == -INFINITY) {
+                    std::fill(s[h], s[h] + nk, 0.0f);
+                    continue;
+                }
+                if (mx > M[h]) {
+                    const float r = M[h] == -INFINITY ? 0.0f : expf(M[h] - mx);
+                    S[h] *= r;
+                    for (int d = 0; d < 2*hd; ++d) {
+                        acc[h][d] *= r;
+                    }
+                    M[h] = mx;
+                }
+                for (int kk = 0; kk < nk; ++kk) {
+                    s[h][kk] = s[h][kk] == -INFINITY ? 0.0f : expf(s[h][kk] - mx);
+                    S[h] += s[h][kk];
+                }
+            }
+            diff_accum(v0 + k0*vstride, v1 + k0*vstride, vstride, nk, s, nh, hd, acc);
+        }
+    }
+}
+
+void diff_partials_op(ggml_tensor * dst, int ith, int nth, void *) {
+    if (dst->src[1]->type == GGML_TYPE_F16) {
+        diff_partials_typed<ggml_fp16_t>(dst, ith, nth);
+    } else {
+        diff_partials_typed<float>(dst, ith, nth);
+    }
+}
+
+// Merge: src partials (above); dst {2*hd, n_pair, T} = a1 - lambda*a2.
+// userdata: the layer's lambda (an element of llama_model_sambay::diff_lambda)
+void diff_merge_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    const float lambda = *(const float *) userdata;
+    const ggml_tensor * part = dst->src[0];
+
+    const int dv       = (int) dst->ne[0]; // 2*hd
+    const int n_chunk  = (int) part->ne[1];
+    const int n_kvpair = (int) part->ne[2];
+    const int n_rows   = (int) part->ne[3];
+    const int g        = (int) dst->ne[1]/n_kvpair;
+    const int nh       = 2*g;
+
+    std::vector<float> acc((size_t) nh*dv);
+    float M[2*DIFF_MAXH], S[2*DIFF_MAXH];
+
+    for (int task = ith; task < n_rows*n_kvpair; task += nth) {
+        const int j = task % n_kvpair;
+        const int t = task / n_kvpair;
+        std::fill(M, M + nh, -INFINITY);
+        for (int c = 0; c < n_chunk; ++c) {
+            const float * pc = (const float *) ((const char *) part->data + c*part->nb[1] + j*part->nb[2] + t*part->nb[3]);
+            for (int h = 0; h < nh; ++h) {
+                M[h] = std::max(M[h], pc[h]);
+            }
+        }
+        std::fill(S, S + nh, 0.0f);
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int c = 0; c < n_chunk; ++c) {
+            const float * pc = (const float *) ((const char *) part->data + c*part->nb[1] + j*part->nb[2] + t*part->nb[3]);
+            for (int h = 0; h < nh; ++h) {
+                if (pc[h] == -INFINITY) {
+                    continue;
+                }
+                const float r = expf(pc[h] - M[h]);
+                S[h] += r*pc[nh + h];
+                const float * ac = pc + 2*nh + h*dv;
+                for (int d = 0; d < dv; ++d) {
+                    acc[h*dv + d] += r*ac[d];
+                }
+            }
+        }
+        for (int i = 0; i < g; ++i) {
+            float * out = (float *) ((char *) dst->data + t*dst->nb[2] + (j*g + i)*dst->nb[1]);
+            const float w1 = S[i]     > 0.0f ? 1.0f/S[i]        : 0.0f;
+            const float w2 = S[g + i] > 0.0f ? lambda/S[g + i]  : 0.0f;
+            for (int d = 0; d < dv; ++d) {
+                out[d] = acc[i*dv + d]*w1 - acc[(g + i)*dv + d]*w2;
+            }
+        }
+    }
+}
+
+// Keys per chunk of the partials op: enough chunks that any thread count has work at long context
+constexpr int64_t DIFF_CHUNK_KEYS = 1024;
+
+// Rows at most this many take the decode op (one token, or the cross-decoder's output rows)
+constexpr int64_t DIFF_DECODE_MAX_ROWS = 4;
+
+bool diff_decode_applies(const ggml_tensor * q, const ggml_tensor * k, const ggml_tensor * v, bool flash_attn) {
+    const int64_t n_pair = q->ne[1]/2, n_kvpair = k->ne[1]/2;
+    const bool v_trans = v->nb[1] > v->nb[2];
+    return flash_attn && !v_trans && q->type == GGML_TYPE_F32 && q->ne[2] <= DIFF_DECODE_MAX_ROWS &&
+           k->ne[3] == 1 && k->type == v->type && (k->type == GGML_TYPE_F16 || k->type == GGML_TYPE_F32) &&
+           n_kvpair > 0 && n_pair % n_kvpair == 0 && n_pair/n_kvpair <= DIFF_MAXH &&
+           v->ne[0] == q->ne[0] && k->ne[0] == q->ne[0];
+}
+
+} // namespace
+
 // Differential attention over cache views k {hd, n_kv_head, n_kv, ns} and v (plain or transposed).
 // Heads are paired in stripes: q1/k1 are the even heads, q2/k2 the odd ones; V' joins kv heads 2j
 // and 2j+1 into one 2*hd wide head, so both softmaxes read the same V'.
 //   out = RMSNorm(a1 - lambda*a2) * subln * (1 - lambda_init)
 ggml_tensor * llama_model_sambay::graph::build_diff_attn(const llama_model_sambay & model,
+        ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * kq_mask, int il) {
+    const int64_t hd     = q->ne[0];
+    const int64_t n_pair = q->ne[1] / 2;
+    const int64_t n_rows = q->ne[2];
+
+    const float lambda_init = 0.8f - 0.6f*expf(-0.3f*float(il));
+
+    ggml_tensor * cur;
+    if (diff_decode_applies(q, k, v, cparams.flash_attn)) {
+        const int64_t n_kvpair = k->ne[1]/2;
+        const int64_t nh       = 2*(n_pair/n_kvpair);
+        const int64_t n_chunk  = std::max<int64_t>(1, k->ne[2]/DIFF_CHUNK_KEYS);
+        ggml_tensor * args[4] = { q, k, v, kq_mask };
+        ggml_tensor * part = ggml_custom_4d(ctx0, GGML_TYPE_F32, (2 + 2*hd)*nh, n_chunk, n_kvpair, n_rows,
+                args, 4, diff_partials_op, GGML_N_TASKS_MAX, nullptr);
+        cb(part, "diff_partials", il);
+        cur = ggml_custom_4d(ctx0, GGML_TYPE_F32, 2*hd, n_pair, n_rows, 1, &part, 1, diff_merge_op,
+                GGML_N_TASKS_MAX, const_cast<float *>(&model.diff_lambda[il]));
+        cb(cur, "diff_decode", il);
+    } else {
+        cur = build_diff_attn_mha(model, q, k, v, kq_mask, il);
+    }
+    cur = ggml_rms_norm(ctx0, cur, hparams.f_norm_rms_eps);
+    cur = ggml_mul(ctx0, cur, model.layers[il].attn_sub_norm);
+    cur = ggml_scale(ctx0, cur, 1.0f - lambda_init);
+    cur = ggml_reshape_2d(ctx0, cur, 2*hd*n_pair, n_rows);
+    cb(cur, "diff_out", il);
+
+    return cur;
+}
+
+// a1 - lambda*a2 {2*hd, n_pair, T} through two build_mha calls (flash attention or not)
+ggml_tensor * llama_model_sambay::graph::build_diff_attn_mha(const llama_model_sambay & model,
         ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * kq_mask, int il) {
     const int64_t hd       = q->ne[0];
     const int64_t n_pair   = q->ne[1] / 2;
@@ -187,17 +547,8 @@ ggml_tensor * llama_model_sambay::graph::build_diff_attn(const llama_model_samba
     cb(a1, "diff_a1", il);
     cb(a2, "diff_a2", il);
 
-    const float lambda_init = 0.8f - 0.6f*expf(-0.3f*float(il));
-
     ggml_tensor * cur = ggml_add(ctx0, a1, ggml_scale(ctx0, a2, -model.diff_lambda[il]));
-    cur = ggml_reshape_3d(ctx0, cur, 2*hd, n_pair, n_rows);
-    cur = ggml_rms_norm(ctx0, cur, hparams.f_norm_rms_eps);
-    cur = ggml_mul(ctx0, cur, model.layers[il].attn_sub_norm);
-    cur = ggml_scale(ctx0, cur, 1.0f - lambda_init);
-    cur = ggml_reshape_2d(ctx0, cur, 2*hd*n_pair, n_rows);
-    cb(cur, "diff_out", il);
-
-    return cur;
+    return ggml_reshape_3d(ctx0, cur, 2*hd, n_pair, n_rows);
 }
 
 llama_model_sambay::graph::graph(const llama_model & model, const llm_graph_params & params) : llm_build_mamba_base(params) {
