@@ -15,6 +15,18 @@ from phiflash_mlx.model import Model, ModelArgs, keeps_fp32
 
 MODEL_TYPES = ("phi4flash",)
 ARCHITECTURES = ("Phi4FlashForCausalLM",)
+# tokenizer and generation files a checkpoint carries beside its weights (copied as present)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
 _SAFETENSORS_DTYPE_BYTES = {
     "F64": 8,
     "F32": 4,

@@ -42,7 +42,8 @@ import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
 
 from phiflash.tutor_data import KINDS, kinds_arg  # noqa: E402
-from phiflash_mlx.model import Model, ModelArgs  # noqa: E402
+from phiflash_mlx.load import TOKENIZER_FILES  # noqa: E402
+from phiflash_mlx.model import Model, ModelArgs, keeps_fp32  # noqa: E402
 
 # The bundled tutor model's architecture: every dimension of the real model is present.
 TUTOR_MODEL = dict(
@@ -79,15 +80,6 @@ TINY_MODEL = dict(
     num_key_value_heads=2,
     sliding_window=16,
 )
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-)
-FP32_TENSORS = ("A_log", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
 DEFAULT_TOKENIZER = Path(__file__).resolve().parent.parent / "weights" / "phiflash-tutor"
 
 
@@ -166,7 +158,7 @@ def init_model(args: ModelArgs, seed: int = 0, dtype=mx.float32) -> Model:
             v = mx.zeros(p.shape)
         else:
             v = 0.02 * mx.random.normal(p.shape)
-        new[name] = v.astype(mx.float32 if leaf in FP32_TENSORS else dtype)
+        new[name] = v.astype(mx.float32 if keeps_fp32(name) else dtype)
     model.update(tree_unflatten(list(new.items())))
     mx.eval(model.parameters())
     return model
@@ -243,10 +235,11 @@ def export(
     ids = special_token_ids(tok_dir)
     if tokenizer_files and out.resolve() != tok_dir.resolve():
         for name in TOKENIZER_FILES:
-            shutil.copyfile(tok_dir / name, out / name)
+            if (tok_dir / name).is_file():
+                shutil.copyfile(tok_dir / name, out / name)
     dt = getattr(mx, dtype)
     weights = {
-        k: v.astype(mx.float32 if k.rsplit(".", 1)[-1] in FP32_TENSORS else dt)
+        k: v.astype(mx.float32 if keeps_fp32(k) else dt)
         for k, v in tree_flatten(model.parameters())
     }
     tmp = out / "model.safetensors.tmp.safetensors"

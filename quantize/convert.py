@@ -22,21 +22,11 @@ from mlx.utils import tree_flatten, tree_map_with_path, tree_unflatten
 from phiflash.quantize.recipes import MODE, RECIPES, recipe_predicate, uniform_predicate
 
 from phiflash.errors import PhiflashError
+from phiflash_mlx.load import TOKENIZER_FILES
 from phiflash_mlx.model import keeps_fp32
 
 MAX_SHARD_BYTES = 5 << 30
 DTYPES = ("float16", "bfloat16", "float32")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "generation_config.json",
-)
 
 
 class ConvertError(PhiflashError):

@@ -111,7 +111,7 @@ def test_export_loads_strictly_with_equal_logits(tmp_path):
     model = T.init_model(args, seed=3)
     # Round the weights the export stores in bf16, so both sides hold identical values.
     rounded = [
-        (k, v if k.rsplit(".", 1)[-1] in T.FP32_TENSORS else v.astype(mx.bfloat16).astype(v.dtype))
+        (k, v if T.keeps_fp32(k) else v.astype(mx.bfloat16).astype(v.dtype))
         for k, v in tree_flatten(model.parameters())
     ]
     model.load_weights(rounded)

@@ -226,46 +226,47 @@ __attribute__((target("avx2,fma,f16c"))) inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(x);
 }
 
-template <typename T>
+// NH (query heads) is a template argument so that the accumulators live in registers
+template <int NH, typename T>
 __attribute__((target("avx2,fma,f16c")))
-void diff_scores_avx2(const T * kb, size_t kstride, int nk, const float * const * q, int nh, int hd,
+void diff_scores_avx2(const T * kb, size_t kstride, int nk, const float * const * q, int hd,
         float s[][DIFF_BLOCK]) {
     for (int k = 0; k < nk; ++k) {
         const T * kr = kb + k*kstride;
-        __m256 a[DIFF_MAXH];
-        for (int h = 0; h < nh; ++h) {
+        __m256 a[NH];
+        for (int h = 0; h < NH; ++h) {
             a[h] = _mm256_setzero_ps();
         }
         for (int d = 0; d < hd; d += 8) {
             const __m256 kv = load8(kr + d);
-            for (int h = 0; h < nh; ++h) {
+            for (int h = 0; h < NH; ++h) {
                 a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q[h] + d), kv, a[h]);
             }
         }
-        for (int h = 0; h < nh; ++h) {
+        for (int h = 0; h < NH; ++h) {
             s[h][k] = hsum8(a[h]);
         }
     }
 }
 
-template <typename T>
+template <int NH, typename T>
 __attribute__((target("avx2,fma,f16c")))
 void diff_accum_avx2(const T * v0, const T * v1, size_t vstride, int nk, const float p[][DIFF_BLOCK],
-        int nh, int hd, float * const * acc) {
+        int hd, float * const * acc) {
     for (int half = 0; half < 2; ++half) {
         const T * vb = half ? v1 : v0;
         for (int d = 0; d < hd; d += 8) {
-            __m256 a[2*DIFF_MAXH];
-            for (int h = 0; h < nh; ++h) {
+            __m256 a[NH];
+            for (int h = 0; h < NH; ++h) {
                 a[h] = _mm256_loadu_ps(acc[h] + half*hd + d);
             }
             for (int k = 0; k < nk; ++k) {
                 const __m256 vv = load8(vb + k*vstride + d);
-                for (int h = 0; h < nh; ++h) {
+                for (int h = 0; h < NH; ++h) {
                     a[h] = _mm256_fmadd_ps(_mm256_set1_ps(p[h][k]), vv, a[h]);
                 }
             }
-            for (int h = 0; h < nh; ++h) {
+            for (int h = 0; h < NH; ++h) {
                 _mm256_storeu_ps(acc[h] + half*hd + d, a[h]);
             }
         }
@@ -284,7 +285,12 @@ void diff_scores(const T * kb, size_t kstride, int nk, const float * const * q, 
         float s[][DIFF_BLOCK]) {
 #ifdef SAMBAY_X86
     if (hd % 8 == 0 && diff_have_avx2()) {
-        return diff_scores_avx2(kb, kstride, nk, q, nh, hd, s);
+        switch (nh) {
+            case 1: return diff_scores_avx2<1>(kb, kstride, nk, q, hd, s);
+            case 2: return diff_scores_avx2<2>(kb, kstride, nk, q, hd, s);
+            case 4: return diff_scores_avx2<4>(kb, kstride, nk, q, hd, s);
+            default: break;
+        }
     }
 #endif
     diff_scores_scalar(kb, kstride, nk, q, nh, hd, s);
@@ -295,10 +301,26 @@ void diff_accum(const T * v0, const T * v1, size_t vstride, int nk, const float 
         int nh, int hd, float * const * acc) {
 #ifdef SAMBAY_X86
     if (hd % 8 == 0 && diff_have_avx2()) {
-        return diff_accum_avx2(v0, v1, vstride, nk, p, nh, hd, acc);
+        switch (nh) {
+            case 2: return diff_accum_avx2<2>(v0, v1, vstride, nk, p, hd, acc);
+            case 4: return diff_accum_avx2<4>(v0, v1, vstride, nk, p, hd, acc);
+            case 8: return diff_accum_avx2<8>(v0, v1, vstride, nk, p, hd, acc);
+            default: break;
+        }
     }
 #endif
     diff_accum_scalar(v0, v1, vstride, nk, p, nh, hd, acc);
+}
+
+// Cache rows are one cell apart (a few KB), so each key of a KV pair starts a new page and
+// the hardware prefetcher does not follow; fetch the next block's rows ahead.
+inline void diff_prefetch(const void * base, size_t stride_bytes, int nk, size_t row_bytes) {
+    for (int k = 0; k < nk; ++k) {
+        const char * r = (const char *) base + k*stride_bytes;
+        for (size_t off = 0; off < row_bytes; off += 64) {
+            __builtin_prefetch(r + off);
+        }
+    }
 }
 
 // Partials: src q {hd, n_head, T} F32, k/v cache views {hd, n_kv_head, n_kv} (not transposed),
@@ -364,6 +386,12 @@ void diff_partials_typed(ggml_tensor * dst, int ith, int nth) {
         const int kend = std::min(n_kv, (c + 1)*chunk);
         for (int k0 = c*chunk; k0 < kend; k0 += DIFF_BLOCK) {
             const int nk = std::min(DIFF_BLOCK, kend - k0);
+            const int nn = std::min(DIFF_BLOCK, kend - k0 - nk);
+            if (nn > 0) {
+                diff_prefetch(kb[0] + (k0 + nk)*kstride, k->nb[2], nn, k->nb[1] + hd*sizeof(T));
+                diff_prefetch(v0 + (k0 + nk)*vstride, v->nb[2], nn, hd*sizeof(T));
+                diff_prefetch(v1 + (k0 + nk)*vstride, v->nb[2], nn, hd*sizeof(T));
+            }
             float mv[DIFF_BLOCK];
             bool any = false;
             for (int kk = 0; kk < nk; ++kk) {
