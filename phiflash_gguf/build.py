@@ -16,6 +16,8 @@ the build dir and the wheels. For development, ``LLAMA_CPP_LIB_PATH`` pointing a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -246,13 +248,30 @@ def install_wheel(wheel: Path) -> None:
     _run([sys.executable, "-m", "pip", "install", str(wheel)], "dependency install")
 
 
+@contextlib.contextmanager
+def _build_lock():
+    """One build at a time per cache: a second process waits, then finds the work done."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / "build.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log("another process is building the fork; waiting for it")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def build(force: bool = False) -> str:
     """Make sure the fork is installed in this interpreter's environment; returns its hash."""
+    with _build_lock():
+        return _build_locked(force)
+
+
+def _build_locked(force: bool) -> str:
     want = fork_hash()
     if not force and installed_hash() == want:
         _log(f"llama-cpp-python {FORK_VERSION} (fork {want}) already installed")
         return want
-    cache_dir().mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     wheel_dir = cache_dir() / "wheels" / want
     cached = sorted(wheel_dir.glob("llama_cpp_python-*.whl")) if wheel_dir.is_dir() else []

@@ -2,6 +2,7 @@
 
 import re
 import subprocess
+import sys
 import tarfile
 import time
 
@@ -38,3 +39,24 @@ def test_patches_apply_cleanly_to_the_pinned_sdist(tmp_path):
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "fuzz" not in proc.stdout and "offset" not in proc.stdout, proc.stdout
+
+
+def test_a_second_build_waits_for_the_first(capsys):
+    # two processes building at once would unpack into the same source tree
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(1.5)",
+            str(build.cache_dir() / "build.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    t = time.perf_counter()
+    assert build.build() == build.fork_hash()  # installed already: returns once the lock is free
+    assert time.perf_counter() - t >= 1.0
+    assert holder.wait() == 0
+    assert "another process is building the fork" in capsys.readouterr().out
