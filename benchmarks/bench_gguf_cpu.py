@@ -208,10 +208,10 @@ def kv_bytes_per_token(arch: str, ctx: int) -> float:
         return c["layers"] * ctx * c["kv_heads"] * (c["hidden"] // c["heads"]) * 2 * 2
     cfg = json.loads(REAL_CONFIG.read_text())
     row = cfg["num_key_value_heads"] * (cfg["hidden_size"] // cfg["num_attention_heads"]) * 2
-    # differential attention reads K once (two halves) and V' twice per layer;
+    # the fork's decode op reads each layer's K and V once for both differential branches;
     # 8 SWA layers over <= window keys, the global layer and 7 cross layers over all keys
-    swa = 8 * min(ctx, cfg["sliding_window"]) * 3 * row
-    full = 8 * ctx * 3 * row
+    swa = 8 * min(ctx, cfg["sliding_window"]) * 2 * row
+    full = 8 * ctx * 2 * row
     return swa + full
 
 

@@ -129,7 +129,9 @@ def test_export_loads_strictly_with_equal_logits(tmp_path):
     assert stored["model.layers.0.attn.A_log"].dtype == mx.float32
     assert stored["model.layers.1.attn.inner_cross_attn.lambda_q1"].dtype == mx.float32
     assert stored["model.embed_tokens.weight"].dtype == mx.bfloat16
-    assert stored["model.layers.0.attn.D"].dtype == mx.bfloat16
+    # the converter's rule (keeps_fp32): D and the dt bias stay float32 too
+    assert stored["model.layers.0.attn.D"].dtype == mx.float32
+    assert stored["model.layers.0.attn.dt_proj.bias"].dtype == mx.float32
 
     loaded, tok = load(out, dtype=mx.float32)
     ids = tok.encode(
