@@ -215,87 +215,25 @@ def kv_bytes_per_token(arch: str, ctx: int) -> float:
     return swa + full
 
 
-def measure_bandwidth(threads: int, gib: float = 1.0, reps: int = 5) -> float:
-    """Read bandwidth in GB/s: ``threads`` numpy threads summing disjoint slices."""
-    n = int(gib * (1 << 30) / 8)
-    a = np.ones(n, dtype=np.float64)
-    parts = np.array_split(a, threads)
-    best = 0.0
-    with ThreadPoolExecutor(threads) as ex:
+class BandwidthProbe:
+    """Read bandwidth in GB/s: ``threads`` numpy threads summing disjoint slices of one array.
+
+    The array is allocated once, so a probe between two decode steps costs one pass over it
+    (about 0.1 s): each step's roofline is judged against the bandwidth of its own moment.
+    """
+
+    def __init__(self, threads: int, gib: float = 1.0):
+        self.a = np.ones(int(gib * (1 << 30) / 8), dtype=np.float64)
+        self.parts = np.array_split(self.a, threads)
+        self.pool = ThreadPoolExecutor(threads)
+
+    def __call__(self, reps: int = 2) -> float:
+        best = 0.0
         for _ in range(reps):
             t0 = time.perf_counter()
-            list(ex.map(np.sum, parts))
-            best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
-def child(args) -> dict:
-    from phiflash_gguf.build import ensure_llama_cpp
-
-    lc = ensure_llama_cpp()
-    n_ctx = max(args.contexts + args.prompts) + args.gen + 64
-    t0 = time.perf_counter()
-    llm = lc.Llama(
-        model_path=args.model,
-        n_ctx=n_ctx,
-        n_batch=512,
-        n_ubatch=512,
-        n_threads=args.threads,
-        n_threads_batch=args.threads,
-        flash_attn=True,
-        swa_full=False,
-        verbose=False,
-    )
-    load_s = time.perf_counter() - t0
-    rng = np.random.default_rng(1)
-    vocab = llm.n_vocab()
-
-    def toks(n):
-        return rng.integers(0, min(vocab, 1000), size=n).tolist()
-
-    def decode(n):
-        llm.eval(toks(1))  # warm-up: the first 1-token graph after a prompt is re-planned
-        steps = []
-        for tok in toks(n):
-            t = time.perf_counter()
-            llm.eval([tok])
-            steps.append(time.perf_counter() - t)
-        # the median step: a step that lost its core to another tenant does not move it
-        return 1.0 / float(np.median(steps))
-
-    out = {"load_s": load_s, "pp": {}, "tg": {}}
-
-    def note(kind, n):  # each point as it lands (a 16K fill takes most of an hour on 2 cores)
-        line = f"  {Path(args.model).stem}: {kind} {n}: {out[kind][n]:.2f} tok/s"
-        print(line, file=sys.stderr, flush=True)
-
-    filled = 0
-    for p in sorted(set(args.prompts)):
-        llm.reset()
-        t = time.perf_counter()
-        llm.eval(toks(p))
-        out["pp"][p] = p / (time.perf_counter() - t)
-        note("pp", p)
-        filled = p
-        if p in args.contexts:  # the prompt doubles as the fill for this context
-            out["tg"][p] = decode(args.gen)
-            note("tg", p)
-            filled += args.gen + 1
-    for c in sorted(set(args.contexts) - set(out["tg"])):
-        if args.segment_fill:  # a context of its own, opened once, after the prompt points
-            if llm.context_params.n_seq_max < SEGMENTS:
-                _reopen_with_sequences(llm, SEGMENTS)
-            segment_fill(lc, llm, c, toks)
-        else:
-            if c < filled:
-                llm.reset()
-                filled = 0
-            llm.eval(toks(c - filled))
-        out["tg"][c] = decode(args.gen)
-        note("tg", c)
-        filled = c + args.gen + 1
-    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    return out
+            list(self.pool.map(np.sum, self.parts))
+            best = max(best, self.a.nbytes / (time.perf_counter() - t0) / 1e9)
+        return best
 
 
 SEGMENTS = 32  # sequences a segment fill spreads the context over
@@ -342,73 +280,214 @@ def segment_fill(lc, llm, n: int, toks) -> None:
     llm.n_tokens = n
 
 
-def run_child(model: Path, args, segment_fill: bool) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        str(model),
-        "--threads",
-        str(args.threads),
-        "--gen",
-        str(args.gen),
-        "--prompts",
-        *map(str, args.prompts),
-        "--contexts",
-        *map(str, args.contexts),
-    ]
-    if segment_fill:
-        cmd.append("--segment-fill")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err = []
-    for line in proc.stderr:  # the child's progress lines, passed through as they come
-        err.append(line)
-        if line.startswith("  "):
-            print(line, end="", flush=True)
-    out = proc.stdout.read()
-    if proc.wait() != 0:
-        raise SystemExit(f"benchmark child failed for {model.name}:\n{''.join(err)[-2000:]}")
-    return json.loads(out.strip().splitlines()[-1])
+# ---------------------------------------------------------------------------------------------
+# one model per process, driven one command at a time
 
 
-def merge_runs(runs: list[dict]) -> dict:
-    """Per point, the median over repeated runs; peak RSS, the largest."""
-    out = {k: float(np.median([r[k] for r in runs])) for k in ("load_s", "file_bytes")}
-    for kind in ("pp", "tg"):
-        out[kind] = {n: float(np.median([r[kind][n] for r in runs])) for n in runs[0][kind]}
-    out["peak_rss_gb"] = max(r["peak_rss_gb"] for r in runs)
-    out["file_gb"] = out["file_bytes"] / 1e9
-    out["runs"] = len(runs)
+def serve(args) -> None:
+    """Child: open one model, then answer JSON commands on stdin with JSON lines on stdout."""
+    from phiflash_gguf.build import ensure_llama_cpp
+
+    lc = ensure_llama_cpp()
+    t0 = time.perf_counter()
+    llm = lc.Llama(
+        model_path=args.serve,
+        n_ctx=args.n_ctx,
+        n_batch=512,
+        n_ubatch=512,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        flash_attn=True,
+        swa_full=False,
+        verbose=False,
+    )
+    rng = np.random.default_rng(1)
+
+    def toks(n):
+        return rng.integers(0, min(llm.n_vocab(), 1000), size=n).tolist()
+
+    def timed(fn, *a) -> float:
+        t = time.perf_counter()
+        fn(*a)
+        return time.perf_counter() - t
+
+    def fill(n):
+        if llm.n_tokens != n:  # the prompt point of the same length already filled it
+            if args.segment_fill:
+                if llm.context_params.n_seq_max < SEGMENTS:
+                    _reopen_with_sequences(llm, SEGMENTS)
+                segment_fill(lc, llm, n, toks)
+            else:  # go on from what the last point left, or start over
+                if llm.n_tokens > n:
+                    llm.reset()
+                llm.eval(toks(n - llm.n_tokens))
+        llm.eval(toks(1))  # warm-up: the first 1-token graph after a prompt is re-planned
+
+    def prompt(n):
+        llm.reset()
+        llm.eval(toks(n))
+
+    ops = {
+        "prompt": lambda c: timed(prompt, c["n"]),
+        "fill": lambda c: timed(fill, c["n"]),
+        "step": lambda c: timed(llm.eval, toks(1)),
+        "rss": lambda c: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+    }
+    print(json.dumps({"ready": time.perf_counter() - t0}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        print(json.dumps({"value": ops[cmd["op"]](cmd)}), flush=True)
+
+
+class Model:
+    """Parent's handle on one served model (a child process; its stderr goes to a log file)."""
+
+    def __init__(self, arch: str, path: Path, args, n_ctx: int):
+        self.arch, self.path = arch, path
+        self.file_bytes = path.stat().st_size
+        self.log = args.workdir / f"{path.stem}.log"
+        cmd = [sys.executable, __file__, "--serve", str(path), "--threads", str(args.threads)]
+        cmd += ["--n-ctx", str(n_ctx)]
+        # segment fill is only valid for pure attention (phi3); SambaY always gets one prompt
+        if args.segment_fill and arch == "phi3":
+            cmd.append("--segment-fill")
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
+            )
+        self.load_s = self._reply()["ready"]
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            tail = self.log.read_text()[-2000:]
+            raise SystemExit(f"benchmark child failed for {self.path.name}:\n{tail}")
+        return json.loads(line)
+
+    def __call__(self, op: str, **kw) -> float:
+        self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
+        self.proc.stdin.flush()
+        return self._reply()["value"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def _order(models: list[Model], i: int) -> list[Model]:
+    """Alternate who goes first, so that neither model always runs right after the probe."""
+    return models if i % 2 == 0 else models[::-1]
+
+
+def bench_quant(quant: str, args, probe: BandwidthProbe) -> dict:
+    """All points for one quant, the models interleaved round by round.
+
+    A prompt point runs ``--repeat`` rounds of one prompt per model. A decode point fills each
+    model's context, then runs ``--gen`` rounds of: a bandwidth probe, one step per model.
+    Both models see the same spells of a shared host, so the per-round ratios (and each step's
+    share of the bandwidth measured next to it) stay meaningful when single speeds do not.
+    """
+    models = []
+    n_ctx = max(args.contexts + args.prompts) + args.gen + 64
+    for arch in args.archs:
+        path = args.workdir / f"{arch}-random-{quant}.gguf"
+        if not path.exists():
+            t = time.perf_counter()
+            (write_sambay if arch == "sambay" else write_phi3)(path, quant)
+            print(f"wrote {path.name} in {time.perf_counter() - t:.0f} s", flush=True)
+        models.append(Model(arch, path, args, n_ctx))
+    res = {
+        m.arch: {"file_bytes": m.file_bytes, "load_s": m.load_s, "pp": {}, "tg": {}} for m in models
+    }
+    try:
+        for n in sorted(set(args.prompts) | set(args.contexts)):
+            if n in args.prompts:
+                times = {m.arch: [] for m in models}
+                for i in range(args.repeat):
+                    for m in _order(models, i):
+                        times[m.arch].append(m("prompt", n=n))
+                for m in models:
+                    res[m.arch]["pp"][n] = {"s": times[m.arch]}
+                _report(res, "pp", n, quant)
+            if n in args.contexts:
+                for m in models:
+                    m("fill", n=n)
+                times, bws = {m.arch: [] for m in models}, []
+                for i in range(args.gen):
+                    bws.append(probe())
+                    for m in _order(models, i):
+                        times[m.arch].append(m("step"))
+                for m in models:
+                    res[m.arch]["tg"][n] = {"s": times[m.arch], "bw": bws}
+                _report(res, "tg", n, quant)
+        for m in models:
+            res[m.arch]["peak_rss_gb"] = m("rss")
+    finally:
+        for m in models:
+            m.close()
+    return res
+
+
+def point(res: dict, arch: str, kind: str, n: int) -> dict:
+    """Summary of one point: median tok/s, and for decode the median roofline share."""
+    r = res[arch][kind][n]
+    s = np.asarray(r["s"])
+    out = {"tok_s": (n if kind == "pp" else 1) / float(np.median(s))}
+    if kind == "tg":
+        step_bytes = res[arch]["file_bytes"] + kv_bytes_per_token(arch, n)
+        out["roof"] = float(np.median(step_bytes / s / 1e9 / np.asarray(r["bw"])))
     return out
 
 
-def fmt_table(results: dict, args, bw: float) -> str:
+def paired_ratio(res: dict, kind: str, n: int) -> float | None:
+    """Median over rounds of Phi-4-mini's time / SambaY's time in the same round."""
+    if not ("sambay" in res and "phi3" in res):
+        return None
+    s, p = (np.asarray(res[a][kind][n]["s"]) for a in ("sambay", "phi3"))
+    return float(np.median(p / s))
+
+
+def _report(res: dict, kind: str, n: int, quant: str) -> None:
+    cells = []
+    for arch in res:
+        pt = point(res, arch, kind, n)
+        roof = f" ({100 * pt['roof']:.0f}% roofline)" if "roof" in pt else ""
+        cells.append(f"{arch} {pt['tok_s']:.2f} tok/s{roof}")
+    ratio = paired_ratio(res, kind, n)
+    if ratio is not None:
+        cells.append(f"paired ratio {ratio:.2f}x")
+    label = "prompt" if kind == "pp" else "decode @"
+    print(f"  {quant} {label}{n}: " + ", ".join(cells), flush=True)
+
+
+def fmt_table(results: dict, args) -> str:
     lines = []
     head = ["model", "quant", "file GB", "peak RSS GB"]
     head += [f"prompt {p} tok/s" for p in args.prompts]
     head += [f"gen @{c} tok/s (roofline %)" for c in args.contexts]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
-    for (arch, quant), r in results.items():
-        row = [arch, quant.upper(), f"{r['file_gb']:.2f}", f"{r['peak_rss_gb']:.2f}"]
-        row += [f"{r['pp'][str(p)]:.1f}" for p in args.prompts]
-        for c in args.contexts:
-            roof = bw * 1e9 / (r["file_bytes"] + kv_bytes_per_token(arch, c))
-            row.append(f"{r['tg'][str(c)]:.2f} ({100 * r['tg'][str(c)] / roof:.0f}%)")
-        lines.append("| " + " | ".join(row) + " |")
+    for quant, res in results.items():
+        for arch, r in res.items():
+            row = [arch, quant.upper(), f"{r['file_bytes'] / 1e9:.2f}", f"{r['peak_rss_gb']:.2f}"]
+            row += [f"{point(res, arch, 'pp', p)['tok_s']:.1f}" for p in args.prompts]
+            for c in args.contexts:
+                pt = point(res, arch, "tg", c)
+                row.append(f"{pt['tok_s']:.2f} ({100 * pt['roof']:.0f}%)")
+            lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines.append(
-        "| ratio SambaY / Phi-4-mini | "
+        "| paired ratio SambaY / Phi-4-mini | "
         + " | ".join([f"prompt {p}" for p in args.prompts] + [f"gen @{c}" for c in args.contexts])
         + " |"
     )
     lines.append("|" + "---|" * (1 + len(args.prompts) + len(args.contexts)))
-    for quant in args.quants:
-        s, p = results.get(("sambay", quant)), results.get(("phi3", quant))
-        if not (s and p):
+    for quant, res in results.items():
+        if paired_ratio(res, "pp", args.prompts[0]) is None:
             continue
-        cells = [f"{s['pp'][str(x)] / p['pp'][str(x)]:.2f}x" for x in args.prompts]
-        cells += [f"{s['tg'][str(x)] / p['tg'][str(x)]:.2f}x" for x in args.contexts]
+        cells = [f"{paired_ratio(res, 'pp', x):.2f}x" for x in args.prompts]
+        cells += [f"{paired_ratio(res, 'tg', x):.2f}x" for x in args.contexts]
         lines.append(f"| {quant.upper()} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -420,15 +499,15 @@ def main(argv=None) -> int:
     ap.add_argument("--contexts", nargs="+", type=int, default=[512, 4096, 16384])
     ap.add_argument("--archs", nargs="+", default=["sambay", "phi3"], choices=["sambay", "phi3"])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--gen", type=int, default=16, help="tokens generated per decode point")
     ap.add_argument(
-        "--repeat",
-        type=int,
-        default=1,
-        help="run each model this many times, alternating, and report the median per point",
+        "--gen", type=int, default=16, help="decode rounds per context (one step per model each)"
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="prompt rounds per prompt length (one per model each)"
     )
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/phiflash-bench"))
     ap.add_argument("--keep", action="store_true", help="keep the generated GGUF files")
+    ap.add_argument("--json", type=Path, default=None, help="also write every round's times here")
     ap.add_argument(
         "--segment-fill",
         action="store_true",
@@ -436,38 +515,36 @@ def main(argv=None) -> int:
         "into one sequence (same cache, same decode work, linear-time fill; a 16K prompt into "
         "phi3 ran 82 minutes here without finishing). Prompt tok/s is always a real prompt.",
     )
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--serve", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--n-ctx", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    if args.child:
-        args.model = args.child
-        print(json.dumps(child(args)))
+    if args.serve:
+        serve(args)
         return 0
 
     from phiflash_gguf.build import FORK_VERSION, ensure_llama_cpp
 
     ensure_llama_cpp()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    bw = measure_bandwidth(args.threads)
-    print(f"memory read bandwidth ({args.threads} threads): {bw:.1f} GB/s", flush=True)
-    runs: dict[tuple[str, str], list[dict]] = {}
+    probe = BandwidthProbe(args.threads)
+    bw = float(np.median([probe() for _ in range(3)]))
+    print(f"memory read bandwidth ({args.threads} threads): {bw:.1f} GB/s at start", flush=True)
+    results = {}
     for quant in args.quants:
-        for rep in range(args.repeat):  # models alternate, so slow spells hit both alike
-            for arch in args.archs:
-                path = args.workdir / f"{arch}-random-{quant}.gguf"
-                if not path.exists():
-                    t = time.perf_counter()
-                    (write_sambay if arch == "sambay" else write_phi3)(path, quant)
-                    print(f"wrote {path.name} in {time.perf_counter() - t:.0f} s", flush=True)
-                # segment fill is only valid for pure attention (phi3); SambaY gets one prompt
-                r = run_child(path, args, segment_fill=args.segment_fill and arch == "phi3")
-                r["file_bytes"] = path.stat().st_size
-                runs.setdefault((arch, quant), []).append(r)
-                print(f"{arch} {quant} (run {rep + 1}): {json.dumps(r)}", flush=True)
+        results[quant] = bench_quant(quant, args, probe)
         if not args.keep:
             for arch in args.archs:
                 (args.workdir / f"{arch}-random-{quant}.gguf").unlink()
-    results = {k: merge_runs(v) for k, v in runs.items()}
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    all_bw = [
+        b
+        for res in results.values()
+        for r in res.values()
+        for p in r["tg"].values()
+        for b in p["bw"]
+    ]
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -478,20 +555,14 @@ def main(argv=None) -> int:
         pass
     print()
     print(
-        f"llama-cpp-python {FORK_VERSION}, {args.threads} threads, {cpu}, "
-        f"{os.cpu_count()} CPUs, read bandwidth {bw:.1f} GB/s, flash attention on, F16 KV, "
-        f"median of {args.repeat} run(s) per point"
+        f"llama-cpp-python {FORK_VERSION}, {args.threads} threads, {cpu}, {os.cpu_count()} CPUs, "
+        f"read bandwidth {bw:.1f} GB/s at start"
+        + (f" ({min(all_bw):.1f}-{max(all_bw):.1f} over the rounds)" if all_bw else "")
+        + f", flash attention on, F16 KV; {args.gen} decode rounds, {args.repeat} prompt round(s)"
     )
     print()
-    print(fmt_table({k: _strkeys(v) for k, v in results.items()}, args, bw))
+    print(fmt_table(results, args))
     return 0
-
-
-def _strkeys(r: dict) -> dict:
-    r = dict(r)
-    for k in ("pp", "tg"):
-        r[k] = {str(a): b for a, b in r[k].items()}
-    return r
 
 
 if __name__ == "__main__":
