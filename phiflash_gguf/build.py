@@ -249,21 +249,25 @@ def install_wheel(wheel: Path) -> None:
 
 
 @contextlib.contextmanager
-def _build_lock():
-    """One build at a time per cache: a second process waits, then finds the work done."""
+def build_lock(name: str = "build", what: str = "the fork"):
+    """One build of ``what`` at a time per cache: a second process waits, then finds it done.
+
+    Locks are per ``name`` (``<cache>/<name>.lock``), so a build that needs another one (the
+    stock library needs the fork) takes both without waiting on itself.
+    """
     cache_dir().mkdir(parents=True, exist_ok=True)
-    with open(cache_dir() / "build.lock", "w") as f:
+    with open(cache_dir() / f"{name}.lock", "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            _log("another process is building the fork; waiting for it")
+            _log(f"another process is building {what}; waiting for it")
             fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
 
 def build(force: bool = False) -> str:
     """Make sure the fork is installed in this interpreter's environment; returns its hash."""
-    with _build_lock():
+    with build_lock():
         return _build_locked(force)
 
 

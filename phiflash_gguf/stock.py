@@ -27,6 +27,7 @@ from phiflash_gguf.build import (
     UPSTREAM_VERSION,
     BuildError,
     _log,
+    build_lock,
     cache_dir,
     ensure_llama_cpp,
     fetch_sdist,
@@ -73,10 +74,17 @@ def _compile(args: tuple[list[str], Path]) -> str | None:
 
 def ensure_stock_lib() -> Path:
     """Directory with a stock ``libllama.so`` and the installed ggml libraries beside it."""
-    out = stock_dir()
-    lib = out / "lib"
+    lib = stock_dir() / "lib"
     if (lib / "libllama.so").is_file():
         return lib
+    with build_lock("stock", "the stock library"):
+        if not (lib / "libllama.so").is_file():  # unless the process we waited for built it
+            _build_stock(lib)
+    return lib
+
+
+def _build_stock(lib: Path) -> None:
+    out = lib.parent
     lc = ensure_llama_cpp()
     ggml_dir = Path(lc.__file__).parent / "lib"
     cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
@@ -117,7 +125,6 @@ def ensure_stock_lib() -> Path:
         shutil.rmtree(lib)
     tmp.rename(lib)
     shutil.rmtree(work)
-    return lib
 
 
 def main() -> int:

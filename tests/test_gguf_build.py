@@ -6,6 +6,8 @@ import sys
 import tarfile
 import time
 
+import pytest
+
 from phiflash_gguf import build
 
 
@@ -60,3 +62,32 @@ def test_a_second_build_waits_for_the_first(capsys):
     assert time.perf_counter() - t >= 1.0
     assert holder.wait() == 0
     assert "another process is building the fork" in capsys.readouterr().out
+
+
+def test_a_second_stock_build_waits_and_builds_nothing(tmp_path, monkeypatch, capsys):
+    from phiflash_gguf import stock
+
+    monkeypatch.setenv("PHIFLASH_CACHE", str(tmp_path))
+    monkeypatch.setattr(stock, "_build_stock", lambda lib: pytest.fail("built a second time"))
+    lib = stock.stock_dir() / "lib"
+    lib.parent.mkdir(parents=True)
+    # the first builder: holds the stock lock, finishes the library, then lets go
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, pathlib, sys, time; f = open(sys.argv[1], 'w'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(1.5); "
+            "lib = pathlib.Path(sys.argv[2]); lib.mkdir(); (lib / 'libllama.so').touch()",
+            str(build.cache_dir() / "stock.lock"),
+            str(lib),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    t = time.perf_counter()
+    assert stock.ensure_stock_lib() == lib
+    assert time.perf_counter() - t >= 1.0
+    assert holder.wait() == 0
+    assert "another process is building the stock library" in capsys.readouterr().out
