@@ -288,6 +288,7 @@ def serve(args) -> None:
     """Child: open one model, then answer JSON commands on stdin with JSON lines on stdout."""
     from phiflash_gguf.build import ensure_llama_cpp
 
+    out, sys.stdout = sys.stdout, sys.stderr  # stdout carries the replies and nothing else
     lc = ensure_llama_cpp()
     t0 = time.perf_counter()
     llm = lc.Llama(
@@ -333,19 +334,23 @@ def serve(args) -> None:
         "step": lambda c: timed(llm.eval, toks(1)),
         "rss": lambda c: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
     }
-    print(json.dumps({"ready": time.perf_counter() - t0}), flush=True)
+    print(json.dumps({"ready": time.perf_counter() - t0}), file=out, flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
-        print(json.dumps({"value": ops[cmd["op"]](cmd)}), flush=True)
+        print(json.dumps({"value": ops[cmd["op"]](cmd)}), file=out, flush=True)
 
 
 class Model:
     """Parent's handle on one served model (a child process; its stderr goes to a log file)."""
 
-    def __init__(self, arch: str, path: Path, args, n_ctx: int):
+    def __init__(self, arch: str, path: Path, args, n_ctx: int, lib: Path | None = None, tag=""):
+        """``lib``: a directory with another ``libllama.so`` to run (LLAMA_CPP_LIB_PATH)."""
         self.arch, self.path = arch, path
         self.file_bytes = path.stat().st_size
-        self.log = args.workdir / f"{path.stem}.log"
+        self.log = args.workdir / f"{path.stem}{tag}.log"
+        env = dict(os.environ)
+        if lib is not None:
+            env["LLAMA_CPP_LIB_PATH"] = str(lib)
         cmd = [sys.executable, __file__, "--serve", str(path), "--threads", str(args.threads)]
         cmd += ["--n-ctx", str(n_ctx)]
         # segment fill is only valid for pure attention (phi3); SambaY always gets one prompt
@@ -353,7 +358,7 @@ class Model:
             cmd.append("--segment-fill")
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env
             )
         self.load_s = self._reply()["ready"]
 

@@ -213,6 +213,40 @@ void diff_accum_scalar(const T * v0, const T * v1, size_t vstride, int nk, const
     }
 }
 
+
+// Online softmax over one block: scores s[h][0:nk] become weights exp(x - M[h]) with
+// x = s*scale + mask (0 where masked); a new running max M[h] rescales S[h] and acc[h] first.
+inline void diff_rescale(float & M, float & S, float * acc, int dv, float mx) {
+    const float r = M == -INFINITY ? 0.0f : expf(M - mx);
+    S *= r;
+    for (int d = 0; d < dv; ++d) {
+        acc[d] *= r;
+    }
+    M = mx;
+}
+
+void diff_softmax_scalar(float s[][DIFF_BLOCK], const float * mv, int nk, int nh, float scale,
+        float * M, float * S, float * const * acc, int dv) {
+    for (int h = 0; h < nh; ++h) {
+        float mx = M[h];
+        for (int kk = 0; kk < nk; ++kk) {
+            s[h][kk] = mv[kk] == -INFINITY ? -INFINITY : s[h][kk]*scale + mv[kk];
+            mx = std::max(mx, s[h][kk]);
+        }
+        if (mx == -INFINITY) {
+            std::fill(s[h], s[h] + nk, 0.0f);
+            continue;
+        }
+        if (mx > M[h]) {
+            diff_rescale(M[h], S[h], acc[h], dv, mx);
+        }
+        for (int kk = 0; kk < nk; ++kk) {
+            s[h][kk] = s[h][kk] == -INFINITY ? 0.0f : expf(s[h][kk] - mx);
+            S[h] += s[h][kk];
+        }
+    }
+}
+
 #ifdef SAMBAY_X86
 __attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const float * x) { return _mm256_loadu_ps(x); }
 __attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const ggml_fp16_t * x) {
@@ -273,6 +307,71 @@ void diff_accum_avx2(const T * v0, const T * v1, size_t vstride, int nk, const f
     }
 }
 
+__attribute__((target("avx2,fma,f16c"))) inline float hmax8(__m256 v) {
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_max_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+// e^x for x <= 0: x = n*ln2 + r with |r| <= ln2/2, e^r by its Taylor series to r^6 (relative
+// error about 2e-7), 2^n through the exponent bits. Inputs below -87 give e^-87 (a masked key
+// is zeroed by the caller, not here).
+__attribute__((target("avx2,fma,f16c"))) inline __m256 exp_nonpos8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);  // ln2, high bits
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860682030941723e-6f), r);    // ln2, the rest
+    __m256 p = _mm256_set1_ps(1.0f/720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f/120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f/24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f/6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// diff_softmax_scalar over a whole block (mv[nk:] is -inf): 8 keys per instruction
+__attribute__((target("avx2,fma,f16c")))
+void diff_softmax_avx2(float s[][DIFF_BLOCK], const float * mv, int nh, float scale,
+        float * M, float * S, float * const * acc, int dv) {
+    constexpr int NV = DIFF_BLOCK/8;
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    const __m256 sc   = _mm256_set1_ps(scale);
+    __m256 mvv[NV], live[NV];
+    for (int i = 0; i < NV; ++i) {
+        mvv[i]  = _mm256_loadu_ps(mv + 8*i);
+        live[i] = _mm256_cmp_ps(mvv[i], ninf, _CMP_NEQ_OQ);
+    }
+    for (int h = 0; h < nh; ++h) {
+        __m256 x[NV];
+        __m256 vmax = ninf;
+        for (int i = 0; i < NV; ++i) {  // blend, not arithmetic: s past nk is not initialized
+            x[i] = _mm256_blendv_ps(ninf, _mm256_fmadd_ps(_mm256_loadu_ps(s[h] + 8*i), sc, mvv[i]), live[i]);
+            vmax = _mm256_max_ps(vmax, x[i]);
+        }
+        const float mx = std::max(M[h], hmax8(vmax));
+        if (mx == -INFINITY) {
+            std::fill(s[h], s[h] + DIFF_BLOCK, 0.0f);
+            continue;
+        }
+        if (mx > M[h]) {
+            diff_rescale(M[h], S[h], acc[h], dv, mx);
+        }
+        const __m256 m = _mm256_set1_ps(mx);
+        __m256 sum = _mm256_setzero_ps();
+        for (int i = 0; i < NV; ++i) {
+            const __m256 w = _mm256_and_ps(exp_nonpos8(_mm256_sub_ps(x[i], m)), live[i]);
+            _mm256_storeu_ps(s[h] + 8*i, w);
+            sum = _mm256_add_ps(sum, w);
+        }
+        S[h] += hsum8(sum);
+    }
+}
+
 bool diff_have_avx2() {
     static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                            __builtin_cpu_supports("f16c");
@@ -310,6 +409,16 @@ void diff_accum(const T * v0, const T * v1, size_t vstride, int nk, const float 
     }
 #endif
     diff_accum_scalar(v0, v1, vstride, nk, p, nh, hd, acc);
+}
+
+void diff_softmax(float s[][DIFF_BLOCK], const float * mv, int nk, int nh, float scale,
+        float * M, float * S, float * const * acc, int dv) {
+#ifdef SAMBAY_X86
+    if (diff_have_avx2()) {
+        return diff_softmax_avx2(s, mv, nh, scale, M, S, acc, dv);
+    }
+#endif
+    diff_softmax_scalar(s, mv, nk, nh, scale, M, S, acc, dv);
 }
 
 // Cache rows are one cell apart (a few KB), so each key of a KV pair starts a new page and
@@ -403,31 +512,10 @@ void diff_partials_typed(ggml_tensor * dst, int ith, int nth) {
             if (!any) {
                 continue;
             }
+            std::fill(mv + nk, mv + DIFF_BLOCK, -INFINITY);  // keys past the chunk count as masked
             diff_scores(kb[0] + k0*kstride, kstride, nk, qh,     g, hd, s);
             diff_scores(kb[1] + k0*kstride, kstride, nk, qh + g, g, hd, s + g);
-            for (int h = 0; h < nh; ++h) {
-                float mx = M[h];
-                for (int kk = 0; kk < nk; ++kk) {
-                    s[h][kk] = mv[kk] == -INFINITY ? -INFINITY : s[h][kk]*scale + mv[kk];
-                    mx = std::max(mx, s[h][kk]);
-                }
-                if (mx == -INFINITY) {
-                    std::fill(s[h], s[h] + nk, 0.0f);
-                    continue;
-                }
-                if (mx > M[h]) {
-                    const float r = M[h] == -INFINITY ? 0.0f : expf(M[h] - mx);
-                    S[h] *= r;
-                    for (int d = 0; d < 2*hd; ++d) {
-                        acc[h][d] *= r;
-                    }
-                    M[h] = mx;
-                }
-                for (int kk = 0; kk < nk; ++kk) {
-                    s[h][kk] = s[h][kk] == -INFINITY ? 0.0f : expf(s[h][kk] - mx);
-                    S[h] += s[h][kk];
-                }
-            }
+            diff_softmax(s, mv, nk, nh, scale, M, S, acc, 2*hd);
             diff_accum(v0 + k0*vstride, v1 + k0*vstride, vstride, nk, s, nh, hd, acc);
         }
     }
