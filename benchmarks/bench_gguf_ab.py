@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gguf_cpu import Model  # noqa: E402
+from bench_gguf_cpu import Model, interleaved  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -33,7 +33,6 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/phiflash-bench"))
     args = ap.parse_args(argv)
-    args.segment_fill = False
     if not args.model.is_file():
         raise SystemExit(f"bench_gguf_ab: no such file: {args.model}")
     if args.lib_a is None:
@@ -45,21 +44,18 @@ def main(argv=None) -> int:
             raise SystemExit(f"bench_gguf_ab: no libllama.so in {lib}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     n_ctx = args.ctx + args.rounds + 64
-    ab = {
-        k: Model("ab", args.model, args, n_ctx, lib, f"-{k}")
+    ab = [
+        Model(args.model, n_ctx, args.threads, args.workdir / f"{args.model.stem}-{k}.log", lib=lib)
         for k, lib in (("A", args.lib_a), ("B", args.lib_b))
-    }
+    ]
     try:
-        for k, m in ab.items():
+        for k, m in zip("AB", ab):
             print(f"{k}: fill {args.ctx} tokens in {m('fill', n=args.ctx):.0f} s", flush=True)
-        times = {k: [] for k in ab}
-        for i in range(args.rounds):
-            for k in ("A", "B") if i % 2 == 0 else ("B", "A"):
-                times[k].append(ab[k]("step"))
+        (a, b), _ = interleaved(ab, args.rounds, "step")
     finally:
-        for m in ab.values():
+        for m in ab:
             m.close()
-    a, b = np.asarray(times["A"]), np.asarray(times["B"])
+    a, b = np.asarray(a), np.asarray(b)
     r = a / b
     print(
         f"{args.model.name} @{args.ctx}: A {1 / np.median(a):.2f} tok/s ({args.lib_a}), "

@@ -3,13 +3,16 @@
 Both models are full size (3.85B) with random weights, written on the fly straight into GGUF
 files in the requested quantization (random blocks with a sane scale: the speed of a kernel
 does not depend on the values). Both run through the same llama-cpp-python build with the
-same thread count, one model per child process so that peak RSS is per model.
+same thread count, one model per child process (so peak RSS is per model), both open at once
+and interleaved: a decode point is --gen rounds of one bandwidth probe and one step per model,
+a prompt point --repeat rounds of one prompt per model. A shared host's slow spells then hit
+both models alike.
 
 Reports prompt tok/s (512 and 4K prompts, empty cache), generation tok/s (1 / the median step
-time over --gen steps) at 512, 4K and 16K
-tokens of context, peak RSS, and the ratio of each decode speed to this machine's memory
-bandwidth roofline (bandwidth measured in the same run; bytes per token = every weight once
-plus the KV cache that token reads).
+time) at 512, 4K and 16K tokens of context, peak RSS, each decode speed's share of this
+machine's memory-bandwidth roofline (bytes per token = every weight once plus the KV cache that
+token reads, against the probe of the step's own round), and paired ratios: the median over
+rounds of the two models' times in the same round.
 
 With --segment-fill, Phi-4-mini's cache for a decode point that no prompt point filled is filled
 as 32 independent segments merged into one sequence (see segment_fill): the decode step then
@@ -341,22 +344,30 @@ def serve(args) -> None:
 
 
 class Model:
-    """Parent's handle on one served model (a child process; its stderr goes to a log file)."""
+    """Parent's handle on one served model (a child process; its stderr goes to ``log``).
 
-    def __init__(self, arch: str, path: Path, args, n_ctx: int, lib: Path | None = None, tag=""):
-        """``lib``: a directory with another ``libllama.so`` to run (LLAMA_CPP_LIB_PATH)."""
-        self.arch, self.path = arch, path
+    ``lib``: a directory with another ``libllama.so`` to run (LLAMA_CPP_LIB_PATH).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        n_ctx: int,
+        threads: int,
+        log: Path,
+        *,
+        arch="",
+        segment_fill=False,
+        lib: Path | None = None,
+    ):
+        self.arch, self.path, self.log = arch, path, log
         self.file_bytes = path.stat().st_size
-        self.log = args.workdir / f"{path.stem}{tag}.log"
         env = dict(os.environ)
         if lib is not None:
             env["LLAMA_CPP_LIB_PATH"] = str(lib)
-        cmd = [sys.executable, __file__, "--serve", str(path), "--threads", str(args.threads)]
-        cmd += ["--n-ctx", str(n_ctx)]
-        # segment fill is only valid for pure attention (phi3); SambaY always gets one prompt
-        if args.segment_fill and arch == "phi3":
-            cmd.append("--segment-fill")
-        with open(self.log, "w") as err:
+        cmd = [sys.executable, __file__, "--serve", str(path), "--threads", str(threads)]
+        cmd += ["--n-ctx", str(n_ctx)] + (["--segment-fill"] if segment_fill else [])
+        with open(log, "w") as err:
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env
             )
@@ -380,9 +391,19 @@ class Model:
         self.proc.wait()
 
 
-def _order(models: list[Model], i: int) -> list[Model]:
-    """Alternate who goes first, so that neither model always runs right after the probe."""
-    return models if i % 2 == 0 else models[::-1]
+def interleaved(models: list[Model], rounds: int, op: str, probe=None, **kw):
+    """``rounds`` rounds of one ``op`` per model (after a bandwidth probe when given).
+
+    Who goes first alternates, so neither model always runs right after the probe. Returns
+    each model's times (in the order of ``models``) and the probes.
+    """
+    times, bws = [[] for _ in models], []
+    for i in range(rounds):
+        if probe is not None:
+            bws.append(probe())
+        for j in range(len(models)) if i % 2 == 0 else reversed(range(len(models))):
+            times[j].append(models[j](op, **kw))
+    return times, bws
 
 
 def bench_quant(quant: str, args, probe: BandwidthProbe) -> dict:
@@ -401,30 +422,26 @@ def bench_quant(quant: str, args, probe: BandwidthProbe) -> dict:
             t = time.perf_counter()
             (write_sambay if arch == "sambay" else write_phi3)(path, quant)
             print(f"wrote {path.name} in {time.perf_counter() - t:.0f} s", flush=True)
-        models.append(Model(arch, path, args, n_ctx))
+        # segment fill is only valid for pure attention (phi3); SambaY always gets one prompt
+        seg = args.segment_fill and arch == "phi3"
+        log = args.workdir / f"{path.stem}.log"
+        models.append(Model(path, n_ctx, args.threads, log, arch=arch, segment_fill=seg))
     res = {
         m.arch: {"file_bytes": m.file_bytes, "load_s": m.load_s, "pp": {}, "tg": {}} for m in models
     }
     try:
         for n in sorted(set(args.prompts) | set(args.contexts)):
             if n in args.prompts:
-                times = {m.arch: [] for m in models}
-                for i in range(args.repeat):
-                    for m in _order(models, i):
-                        times[m.arch].append(m("prompt", n=n))
-                for m in models:
-                    res[m.arch]["pp"][n] = {"s": times[m.arch]}
+                times, _ = interleaved(models, args.repeat, "prompt", n=n)
+                for m, t in zip(models, times):
+                    res[m.arch]["pp"][n] = {"s": t}
                 _report(res, "pp", n, quant)
             if n in args.contexts:
                 for m in models:
                     m("fill", n=n)
-                times, bws = {m.arch: [] for m in models}, []
-                for i in range(args.gen):
-                    bws.append(probe())
-                    for m in _order(models, i):
-                        times[m.arch].append(m("step"))
-                for m in models:
-                    res[m.arch]["tg"][n] = {"s": times[m.arch], "bw": bws}
+                times, bws = interleaved(models, args.gen, "step", probe)
+                for m, t in zip(models, times):
+                    res[m.arch]["tg"][n] = {"s": t, "bw": bws}
                 _report(res, "tg", n, quant)
         for m in models:
             res[m.arch]["peak_rss_gb"] = m("rss")
@@ -489,7 +506,7 @@ def fmt_table(results: dict, args) -> str:
     )
     lines.append("|" + "---|" * (1 + len(args.prompts) + len(args.contexts)))
     for quant, res in results.items():
-        if paired_ratio(res, "pp", args.prompts[0]) is None:
+        if not {"sambay", "phi3"} <= res.keys():
             continue
         cells = [f"{paired_ratio(res, 'pp', x):.2f}x" for x in args.prompts]
         cells += [f"{paired_ratio(res, 'tg', x):.2f}x" for x in args.contexts]
