@@ -178,23 +178,26 @@ def test_window_sized_swa_cache_and_ubatches_without_outputs(lc, ggufs, golden, 
         assert _rel(_last_logits(lc, llm)[None], golden["logits_decode"][k : k + 1]) <= 1e-4
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("f32_cache", [True, False], ids=["f32-kv", "f16-kv"])
-def test_decode_op_matches_attention_ops_over_long_context(lc, ggufs, f32_cache):
+def test_decode_op_matches_attention_ops_over_long_context(lc, ggufs, f32_cache, threads):
     # With flash attention on, a decode step's differential attention runs in the fork's own
-    # CPU op (one pass over each KV pair's keys, in 1024-key chunks merged after); with it off,
-    # in ggml's attention ops. 2600 tokens of context: at least two chunks for the global layer and
-    # the cross-decoder, most of the window-sized SWA cache masked.
+    # CPU op (one pass over the keys, in 1024-key chunks merged after); with it off, in ggml's
+    # attention ops. 4200 tokens of context: four chunks for the global layer and the
+    # cross-decoder, most of the window-sized SWA cache masked. The op splits (chunk, KV pair)
+    # items evenly over the threads: one thread walks both of the fixture's pairs through every
+    # chunk; three threads start and stop mid-chunk (8 items: 2, 3, 3).
     rng = np.random.default_rng(3)
-    ids = rng.integers(10, 250, size=2600).tolist()
+    ids = rng.integers(10, 250, size=4200).tolist()
     steps = rng.integers(10, 250, size=3).tolist()
     logits = {}
     for fa in (True, False):
         llm = lc.Llama(
             str(ggufs["f32"]),
-            n_ctx=2640,
+            n_ctx=4240,
             n_batch=512,
             flash_attn=fa,
-            n_threads=2,
+            n_threads=threads,
             verbose=False,
             **({"type_k": GGML_TYPE_F32, "type_v": GGML_TYPE_F32} if f32_cache else {}),
         )

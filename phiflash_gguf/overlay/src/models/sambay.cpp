@@ -168,10 +168,11 @@ ggml_tensor * llama_model_sambay::graph::build_mha(ggml_tensor * q, ggml_tensor 
 //
 // ggml's flash-attention kernel walks the keys once per query head and runs each softmax branch
 // as its own op, so for one token a layer reads K twice (GQA 2) and V' four times, with an
-// online-softmax update per key and head. Here one task owns one KV pair (K heads 2j, 2j+1 and
-// V' = V heads 2j|2j+1), one query row and one chunk of keys: it walks those keys once, in
-// blocks, for every query head of the group and both branches (online softmax per head); a
-// second op merges the chunks and writes a1 - lambda*a2.
+// online-softmax update per key and head. Here the work is split into (query row, chunk of
+// keys, KV pair) items, a KV pair being K heads 2j, 2j+1 and V' = V heads 2j|2j+1; each thread
+// walks its items' keys once, in blocks, for every query head of the group and both branches
+// (online softmax per head), fetching the next block's rows as it goes; a second op merges the
+// chunks and writes a1 - lambda*a2.
 // Same math as build_diff_attn's flash-attention path, in F32 with F32 accumulators.
 
 namespace {
@@ -182,13 +183,48 @@ constexpr int DIFF_MAXH  = 8;  // query heads per KV pair and branch (GQA group)
 inline float to_f32(float x) { return x; }
 inline float to_f32(ggml_fp16_t x) { return ggml_fp16_to_fp32(x); }
 
-// s[h][k] = q_h . K_k for nk keys; K rows at kb + k*kstride (elements)
+// Rows of a cache view to fetch ahead: the slice [0, bytes) of rows base + r*stride, r < rows,
+// walked in order a few lines per call, so the fetches spread over the arithmetic instead of
+// stalling it in one burst, and the hardware prefetcher sees a forward stream.
+struct diff_stream {
+    const char * base = nullptr;
+    size_t stride = 0, bytes = 0;
+    int    rows   = 0;
+    int    r      = 0;
+    size_t off    = 0;
+
+    void fetch(int lines) {
+        for (; lines > 0 && r < rows; --lines) {
+            __builtin_prefetch(base + r*stride + off);
+            off += 64;
+            if (off >= bytes) {
+                off = 0;
+                ++r;
+            }
+        }
+    }
+};
+
+// the next block's K and V rows of a run of KV pairs, `lines` of each per key scored
+struct diff_ahead {
+    diff_stream k, v;
+    int lines = 0;
+};
+
+inline void diff_fetch_ahead(diff_ahead & a) {
+    a.k.fetch(a.lines);
+    a.v.fetch(a.lines);
+}
+
+// s[h][k] = q_h . K_k for nk keys and a KV pair's 2g query heads: heads [0, g) against the
+// pair's first K head (rows at ka + k*kstride, in elements), heads [g, 2g) against its second (kb)
 template <typename T>
-void diff_scores_scalar(const T * kb, size_t kstride, int nk, const float * const * q, int nh, int hd,
-        float s[][DIFF_BLOCK]) {
+void diff_scores_scalar(const T * ka, const T * kb, size_t kstride, int nk, const float * const * q, int g,
+        int hd, float s[][DIFF_BLOCK], diff_ahead & ahead) {
     for (int k = 0; k < nk; ++k) {
-        const T * kr = kb + k*kstride;
-        for (int h = 0; h < nh; ++h) {
+        diff_fetch_ahead(ahead);
+        for (int h = 0; h < 2*g; ++h) {
+            const T * kr = (h < g ? ka : kb) + k*kstride;
             float acc = 0.0f;
             for (int d = 0; d < hd; ++d) {
                 acc += q[h][d]*to_f32(kr[d]);
@@ -260,48 +296,81 @@ __attribute__((target("avx2,fma,f16c"))) inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(x);
 }
 
-// NH (query heads) is a template argument so that the accumulators live in registers
-template <int NH, typename T>
+// {sum of a0, sum of a1, sum of a2, sum of a3}
+__attribute__((target("avx2,fma,f16c"))) inline __m128 hsum8x4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+// G (query pairs per KV pair) is a template argument so that the accumulators live in
+// registers: 2G dot products per key, one per query head, independent of each other.
+template <int G, typename T>
 __attribute__((target("avx2,fma,f16c")))
-void diff_scores_avx2(const T * kb, size_t kstride, int nk, const float * const * q, int hd,
-        float s[][DIFF_BLOCK]) {
+void diff_scores_avx2(const T * ka, const T * kb, size_t kstride, int nk, const float * const * q, int hd,
+        float s[][DIFF_BLOCK], diff_ahead & ahead) {
+    constexpr int NH = 2*G;
     for (int k = 0; k < nk; ++k) {
-        const T * kr = kb + k*kstride;
+        diff_fetch_ahead(ahead);
+        const T * ra = ka + k*kstride;
+        const T * rb = kb + k*kstride;
         __m256 a[NH];
         for (int h = 0; h < NH; ++h) {
             a[h] = _mm256_setzero_ps();
         }
         for (int d = 0; d < hd; d += 8) {
-            const __m256 kv = load8(kr + d);
-            for (int h = 0; h < NH; ++h) {
-                a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q[h] + d), kv, a[h]);
+            const __m256 va = load8(ra + d);
+            const __m256 vb = load8(rb + d);
+            for (int h = 0; h < G; ++h) {
+                a[h]     = _mm256_fmadd_ps(_mm256_loadu_ps(q[h] + d),     va, a[h]);
+                a[G + h] = _mm256_fmadd_ps(_mm256_loadu_ps(q[G + h] + d), vb, a[G + h]);
             }
         }
-        for (int h = 0; h < NH; ++h) {
-            s[h][k] = hsum8(a[h]);
+        if constexpr (NH % 4 == 0) {
+            for (int h = 0; h < NH; h += 4) {
+                alignas(16) float t[4];
+                _mm_store_ps(t, hsum8x4(a[h], a[h + 1], a[h + 2], a[h + 3]));
+                for (int i = 0; i < 4; ++i) {
+                    s[h + i][k] = t[i];
+                }
+            }
+        } else {
+            for (int h = 0; h < NH; ++h) {
+                s[h][k] = hsum8(a[h]);
+            }
         }
     }
 }
 
-template <int NH, typename T>
+// DC column blocks of 8 at once, so that NH*DC accumulators (8) keep both FMA units busy
+template <int NH, int DC, typename T>
 __attribute__((target("avx2,fma,f16c")))
 void diff_accum_avx2(const T * v0, const T * v1, size_t vstride, int nk, const float p[][DIFF_BLOCK],
         int hd, float * const * acc) {
     for (int half = 0; half < 2; ++half) {
         const T * vb = half ? v1 : v0;
-        for (int d = 0; d < hd; d += 8) {
-            __m256 a[NH];
+        for (int d = 0; d < hd; d += 8*DC) {
+            __m256 a[NH][DC];
             for (int h = 0; h < NH; ++h) {
-                a[h] = _mm256_loadu_ps(acc[h] + half*hd + d);
+                for (int c = 0; c < DC; ++c) {
+                    a[h][c] = _mm256_loadu_ps(acc[h] + half*hd + d + 8*c);
+                }
             }
             for (int k = 0; k < nk; ++k) {
-                const __m256 vv = load8(vb + k*vstride + d);
+                __m256 vv[DC];
+                for (int c = 0; c < DC; ++c) {
+                    vv[c] = load8(vb + k*vstride + d + 8*c);
+                }
                 for (int h = 0; h < NH; ++h) {
-                    a[h] = _mm256_fmadd_ps(_mm256_set1_ps(p[h][k]), vv, a[h]);
+                    const __m256 w = _mm256_set1_ps(p[h][k]);
+                    for (int c = 0; c < DC; ++c) {
+                        a[h][c] = _mm256_fmadd_ps(w, vv[c], a[h][c]);
+                    }
                 }
             }
             for (int h = 0; h < NH; ++h) {
-                _mm256_storeu_ps(acc[h] + half*hd + d, a[h]);
+                for (int c = 0; c < DC; ++c) {
+                    _mm256_storeu_ps(acc[h] + half*hd + d + 8*c, a[h][c]);
+                }
             }
         }
     }
@@ -380,19 +449,19 @@ bool diff_have_avx2() {
 #endif
 
 template <typename T>
-void diff_scores(const T * kb, size_t kstride, int nk, const float * const * q, int nh, int hd,
-        float s[][DIFF_BLOCK]) {
+void diff_scores(const T * ka, const T * kb, size_t kstride, int nk, const float * const * q, int g, int hd,
+        float s[][DIFF_BLOCK], diff_ahead & ahead) {
 #ifdef SAMBAY_X86
     if (hd % 8 == 0 && diff_have_avx2()) {
-        switch (nh) {
-            case 1: return diff_scores_avx2<1>(kb, kstride, nk, q, hd, s);
-            case 2: return diff_scores_avx2<2>(kb, kstride, nk, q, hd, s);
-            case 4: return diff_scores_avx2<4>(kb, kstride, nk, q, hd, s);
+        switch (g) {
+            case 1: return diff_scores_avx2<1>(ka, kb, kstride, nk, q, hd, s, ahead);
+            case 2: return diff_scores_avx2<2>(ka, kb, kstride, nk, q, hd, s, ahead);
+            case 4: return diff_scores_avx2<4>(ka, kb, kstride, nk, q, hd, s, ahead);
             default: break;
         }
     }
 #endif
-    diff_scores_scalar(kb, kstride, nk, q, nh, hd, s);
+    diff_scores_scalar(ka, kb, kstride, nk, q, g, hd, s, ahead);
 }
 
 template <typename T>
@@ -400,10 +469,13 @@ void diff_accum(const T * v0, const T * v1, size_t vstride, int nk, const float 
         int nh, int hd, float * const * acc) {
 #ifdef SAMBAY_X86
     if (hd % 8 == 0 && diff_have_avx2()) {
+        const bool wide = hd % 32 == 0;  // room for 4 column blocks at once
         switch (nh) {
-            case 2: return diff_accum_avx2<2>(v0, v1, vstride, nk, p, hd, acc);
-            case 4: return diff_accum_avx2<4>(v0, v1, vstride, nk, p, hd, acc);
-            case 8: return diff_accum_avx2<8>(v0, v1, vstride, nk, p, hd, acc);
+            case 2: return wide ? diff_accum_avx2<2, 4>(v0, v1, vstride, nk, p, hd, acc)
+                                : diff_accum_avx2<2, 1>(v0, v1, vstride, nk, p, hd, acc);
+            case 4: return hd % 16 == 0 ? diff_accum_avx2<4, 2>(v0, v1, vstride, nk, p, hd, acc)
+                                        : diff_accum_avx2<4, 1>(v0, v1, vstride, nk, p, hd, acc);
+            case 8: return diff_accum_avx2<8, 1>(v0, v1, vstride, nk, p, hd, acc);
             default: break;
         }
     }
@@ -421,103 +493,111 @@ void diff_softmax(float s[][DIFF_BLOCK], const float * mv, int nk, int nh, float
     diff_softmax_scalar(s, mv, nk, nh, scale, M, S, acc, dv);
 }
 
-// Cache rows are one cell apart (a few KB), so each key of a KV pair starts a new page and
-// the hardware prefetcher does not follow; fetch the next block's rows ahead.
-inline void diff_prefetch(const void * base, size_t stride_bytes, int nk, size_t row_bytes) {
-    for (int k = 0; k < nk; ++k) {
-        const char * r = (const char *) base + k*stride_bytes;
-        for (size_t off = 0; off < row_bytes; off += 64) {
-            __builtin_prefetch(r + off);
-        }
-    }
-}
-
 // Partials: src q {hd, n_head, T} F32, k/v cache views {hd, n_kv_head, n_kv} (not transposed),
 // mask {n_kv, >= T}; dst {(2 + 2*hd)*nh, n_chunk, n_kvpair, T} F32 holds, per query row, KV pair
 // and chunk of keys, each head's running max M, sum S and unnormalized V' accumulator.
-// Query heads of a task: the g pairs of KV pair j, branch 1 (even heads) then branch 2 (odd).
+// Query heads of KV pair j: its g query pairs, branch 1 (even heads) then branch 2 (odd).
+//
+// Work items are (query row, chunk of keys, KV pair), pair fastest; each thread takes one
+// contiguous share of them, so within a chunk it walks a run of pairs: all of them at long
+// context. It walks its keys in blocks and, within a block, its pairs in order, so the cache is
+// read as one forward stream (a run of every pair reads whole rows, and rows are contiguous)
+// instead of one strided slice per pair, and the mask row is read once per block.
 template <typename T>
-void diff_partials_typed(ggml_tensor * dst, int ith, int nth) {
+void diff_partials_run(ggml_tensor * dst, int t, int c, int j0, int j1) {
     const ggml_tensor * q    = dst->src[0];
     const ggml_tensor * k    = dst->src[1];
     const ggml_tensor * v    = dst->src[2];
     const ggml_tensor * mask = dst->src[3];
 
     const int hd       = (int) q->ne[0];
-    const int n_pair   = (int) q->ne[1]/2;
-    const int n_kvpair = (int) k->ne[1]/2;
-    const int n_kv     = (int) k->ne[2];
-    const int n_chunk  = (int) dst->ne[1];
-    const int n_tasks  = (int) (dst->ne[1]*dst->ne[2]*dst->ne[3]);
-    const int g        = n_pair/n_kvpair;
+    const int g        = (int) (q->ne[1]/k->ne[1]);  // query pairs per KV pair
     const int nh       = 2*g;
     const int per_head = 2 + 2*hd;
-    const int chunk    = (n_kv + n_chunk - 1)/n_chunk;
+    const int n_kv     = (int) k->ne[2];
+    const int chunk    = (int) ((n_kv + dst->ne[1] - 1)/dst->ne[1]);
 
     const size_t kstride = k->nb[2]/sizeof(T);
     const size_t vstride = v->nb[2]/sizeof(T);
     const float  scale   = 1.0f/sqrtf(float(hd));
 
-    GGML_ASSERT(per_head*nh == dst->ne[0]);
+    const char * mrow = (const char *) mask->data + t*mask->nb[1];
+
+    // each pair's running max M [nh], sum S [nh] and V' accumulators [nh][2*hd], kept in dst
+    auto part = [&](int j) {
+        return (float *) ((char *) dst->data + c*dst->nb[1] + j*dst->nb[2] + t*dst->nb[3]);
+    };
+    for (int j = j0; j < j1; ++j) {
+        float * p = part(j);
+        std::fill(p, p + nh, -INFINITY);
+        std::fill(p + nh, p + per_head*nh, 0.0f);
+    }
 
     float s[2*DIFF_MAXH][DIFF_BLOCK];
-
-    for (int task = ith; task < n_tasks; task += nth) {
-        const int c = task % n_chunk;
-        const int j = (task / n_chunk) % n_kvpair;
-        const int t = task / (n_chunk*n_kvpair);
-
-        const float * qh[2*DIFF_MAXH];
-        for (int i = 0; i < g; ++i) {
-            for (int b = 0; b < 2; ++b) {
-                qh[b*g + i] = (const float *) ((const char *) q->data + t*q->nb[2] + (2*(j*g + i) + b)*q->nb[1]);
-            }
+    float mv[DIFF_BLOCK];
+    const int kend = std::min(n_kv, (c + 1)*chunk);
+    for (int k0 = c*chunk; k0 < kend; k0 += DIFF_BLOCK) {
+        const int nk = std::min(DIFF_BLOCK, kend - k0);
+        // the next block of this run's rows: from its first K (V) head to the end of its last
+        const int nn = std::min(DIFF_BLOCK, kend - k0 - nk);
+        diff_ahead ahead;
+        ahead.k = { (const char *) k->data + 2*j0*k->nb[1] + (size_t) (k0 + nk)*k->nb[2], k->nb[2],
+                    (2*(j1 - j0) - 1)*k->nb[1] + hd*sizeof(T), nn };
+        ahead.v = { (const char *) v->data + 2*j0*v->nb[1] + (size_t) (k0 + nk)*v->nb[2], v->nb[2],
+                    (2*(j1 - j0) - 1)*v->nb[1] + hd*sizeof(T), nn };
+        ahead.lines = (int) ((nn*((ahead.k.bytes + 63)/64) + nk*(j1 - j0) - 1)/(nk*(j1 - j0)));
+        bool any = false;
+        for (int kk = 0; kk < nk; ++kk) {
+            mv[kk] = mask->type == GGML_TYPE_F16
+                ? ggml_fp16_to_fp32(((const ggml_fp16_t *) mrow)[k0 + kk])
+                : ((const float *) mrow)[k0 + kk];
+            any = any || mv[kk] != -INFINITY;
         }
-        const char * mrow = (const char *) mask->data + t*mask->nb[1];
-        const T * kb[2] = {
-            (const T *) ((const char *) k->data + (2*j    )*k->nb[1]),
-            (const T *) ((const char *) k->data + (2*j + 1)*k->nb[1]),
-        };
-        const T * v0 = (const T *) ((const char *) v->data + (2*j    )*v->nb[1]);
-        const T * v1 = (const T *) ((const char *) v->data + (2*j + 1)*v->nb[1]);
-
-        float * part = (float *) ((char *) dst->data + c*dst->nb[1] + j*dst->nb[2] + t*dst->nb[3]);
-        float * M = part;          // [nh]
-        float * S = part + nh;     // [nh]
-        float * acc[2*DIFF_MAXH];  // [nh][2*hd]
-        for (int h = 0; h < nh; ++h) {
-            acc[h] = part + 2*nh + h*2*hd;
-            M[h]   = -INFINITY;
-            S[h]   = 0.0f;
+        if (!any) {
+            continue;
         }
-        std::fill(acc[0], acc[0] + nh*2*hd, 0.0f);
+        std::fill(mv + nk, mv + DIFF_BLOCK, -INFINITY);  // keys past the chunk count as masked
 
-        const int kend = std::min(n_kv, (c + 1)*chunk);
-        for (int k0 = c*chunk; k0 < kend; k0 += DIFF_BLOCK) {
-            const int nk = std::min(DIFF_BLOCK, kend - k0);
-            const int nn = std::min(DIFF_BLOCK, kend - k0 - nk);
-            if (nn > 0) {
-                diff_prefetch(kb[0] + (k0 + nk)*kstride, k->nb[2], nn, k->nb[1] + hd*sizeof(T));
-                diff_prefetch(v0 + (k0 + nk)*vstride, v->nb[2], nn, hd*sizeof(T));
-                diff_prefetch(v1 + (k0 + nk)*vstride, v->nb[2], nn, hd*sizeof(T));
+        for (int j = j0; j < j1; ++j) {
+            const float * qh[2*DIFF_MAXH];  // the pair's query heads, branch 1 then branch 2
+            for (int i = 0; i < g; ++i) {
+                for (int b = 0; b < 2; ++b) {
+                    qh[b*g + i] = (const float *) ((const char *) q->data + t*q->nb[2] + (2*(j*g + i) + b)*q->nb[1]);
+                }
             }
-            float mv[DIFF_BLOCK];
-            bool any = false;
-            for (int kk = 0; kk < nk; ++kk) {
-                mv[kk] = mask->type == GGML_TYPE_F16
-                    ? ggml_fp16_to_fp32(((const ggml_fp16_t *) mrow)[k0 + kk])
-                    : ((const float *) mrow)[k0 + kk];
-                any = any || mv[kk] != -INFINITY;
+            const T * k1 = (const T *) ((const char *) k->data + (2*j    )*k->nb[1]) + k0*kstride;
+            const T * k2 = (const T *) ((const char *) k->data + (2*j + 1)*k->nb[1]) + k0*kstride;
+            const T * v0 = (const T *) ((const char *) v->data + (2*j    )*v->nb[1]) + k0*vstride;
+            const T * v1 = (const T *) ((const char *) v->data + (2*j + 1)*v->nb[1]) + k0*vstride;
+
+            float * p = part(j);
+            float * acc[2*DIFF_MAXH];
+            for (int h = 0; h < nh; ++h) {
+                acc[h] = p + 2*nh + h*2*hd;
             }
-            if (!any) {
-                continue;
-            }
-            std::fill(mv + nk, mv + DIFF_BLOCK, -INFINITY);  // keys past the chunk count as masked
-            diff_scores(kb[0] + k0*kstride, kstride, nk, qh,     g, hd, s);
-            diff_scores(kb[1] + k0*kstride, kstride, nk, qh + g, g, hd, s + g);
-            diff_softmax(s, mv, nk, nh, scale, M, S, acc, 2*hd);
-            diff_accum(v0 + k0*vstride, v1 + k0*vstride, vstride, nk, s, nh, hd, acc);
+            diff_scores(k1, k2, kstride, nk, qh, g, hd, s, ahead);
+            diff_softmax(s, mv, nk, nh, scale, p, p + nh, acc, 2*hd);
+            diff_accum(v0, v1, vstride, nk, s, nh, hd, acc);
         }
+    }
+}
+
+template <typename T>
+void diff_partials_typed(ggml_tensor * dst, int ith, int nth) {
+    const int64_t n_chunk  = dst->ne[1];
+    const int64_t n_kvpair = dst->ne[2];
+    const int64_t n_items  = n_kvpair*n_chunk*dst->ne[3];
+
+    GGML_ASSERT((2 + 2*dst->src[0]->ne[0])*2*(dst->src[0]->ne[1]/dst->src[1]->ne[1]) == dst->ne[0]);
+
+    const int64_t end = n_items*(ith + 1)/nth;
+    for (int64_t it = n_items*ith/nth; it < end; ) {
+        const int64_t j0 = it % n_kvpair;
+        const int64_t j1 = std::min(n_kvpair, j0 + (end - it));
+        const int64_t c  = (it / n_kvpair) % n_chunk;
+        const int64_t t  = it / (n_kvpair*n_chunk);
+        diff_partials_run<T>(dst, (int) t, (int) c, (int) j0, (int) j1);
+        it += j1 - j0;
     }
 }
 

@@ -1,0 +1,139 @@
+"""The fork's decode-time attention op on its own: one revision against another, in seconds.
+
+A full-model decode benchmark at 16K needs minutes of prompt to fill the cache, and the step is
+mostly weight kernels. This compiles ``op_harness.cpp`` around the op's source (the anonymous
+namespace of ``phiflash_gguf/overlay/src/models/sambay.cpp``) and times it on the real model's
+attention shapes: one F16 cache of N cells read by the global layer and the 7 cross-decoder
+layers, a 256 MB stream standing in for each layer's weights between calls. With ``--ref REV``
+the same harness is built from that git revision of the overlay too, and the two binaries run
+alternately, round by round, so the ratio is measured in one run on one host.
+
+    python benchmarks/bench_gguf_op.py --ref HEAD~1 --contexts 512 4096 16384
+
+Needs g++ and the fork wheel in ``.venv`` (its libggml-base), and the cached sdist (ggml.h).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+OVERLAY = "phiflash_gguf/overlay/src/models/sambay.cpp"
+REAL_CONFIG = REPO / "tests" / "fixtures" / "real-config" / "config.json"
+KV_READERS = 8  # the global attention layer and the 7 cross-attention layers read one cache
+
+
+def op_block(source: str) -> str:
+    """The anonymous namespace of sambay.cpp: the op and its kernels."""
+    m = re.search(r"^namespace \{\n.*?^\} // namespace\n", source, re.S | re.M)
+    if not m:
+        raise SystemExit("bench_gguf_op: no anonymous namespace in the overlay source")
+    return m.group(0)
+
+
+def overlay_source(rev: str | None) -> str:
+    if rev is None:
+        return (REPO / OVERLAY).read_text()
+    r = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{rev}:{OVERLAY}"], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        raise SystemExit(f"bench_gguf_op: git show {rev}:{OVERLAY}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def ggml_include(dst: Path) -> Path:
+    """ggml's public headers, from the sdist the fork is built from."""
+    from phiflash_gguf.build import SDIST_NAME, cache_dir, fetch_sdist
+
+    sdist = cache_dir() / "sdist" / SDIST_NAME
+    if not sdist.is_file():
+        sdist = fetch_sdist()
+    with tarfile.open(sdist) as tf:
+        members = [m for m in tf.getmembers() if "/vendor/llama.cpp/ggml/include/" in m.name]
+        tf.extractall(dst, members=members, filter="data")
+    return next(dst.rglob("ggml/include"))
+
+
+def build(name: str, source: str, work: Path, inc: Path, lib: Path) -> Path:
+    d = work / name
+    d.mkdir()
+    (d / "op_block.inc").write_text(op_block(source))
+    (d / "op_harness.cpp").write_text((HERE / "op_harness.cpp").read_text())
+    exe = d / "op_harness"
+    cmd = ["g++", "-O3", "-std=c++17", f"-I{inc}", str(d / "op_harness.cpp"), "-o", str(exe)]
+    cmd += [f"-L{lib}", "-lggml-base", "-lpthread", f"-Wl,-rpath,{lib}"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"bench_gguf_op: compiling {name} failed:\n{r.stderr[-3000:]}")
+    return exe
+
+
+def run_harness(cmd: list[str]) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"bench_gguf_op: {Path(cmd[0]).parent.name} failed: {r.stderr.strip()}")
+    return r.stdout
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ref", default=None, help="git revision to compare against (e.g. HEAD~1)")
+    ap.add_argument("--contexts", nargs="+", type=int, default=[512, 4096, 16384])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5, help="repetitions per run (best is kept)")
+    ap.add_argument("--rounds", type=int, default=3, help="runs per build and context")
+    args = ap.parse_args(argv)
+
+    from phiflash_gguf.build import ensure_llama_cpp
+
+    lib = Path(ensure_llama_cpp().__file__).parent / "lib"
+    cfg = json.loads(REAL_CONFIG.read_text())
+    hd = cfg["hidden_size"] // cfg["num_attention_heads"]
+    shape = [hd, cfg["num_attention_heads"], cfg["num_key_value_heads"], KV_READERS]
+
+    with tempfile.TemporaryDirectory(prefix="phiflash-op-") as tmp:
+        work = Path(tmp)
+        inc = ggml_include(work / "sdist")
+        builds = {"this": build("this", overlay_source(None), work, inc, lib)}
+        if args.ref:
+            builds[args.ref] = build("ref", overlay_source(args.ref), work, inc, lib)
+        names = list(builds)
+        print(
+            f"op: hd {hd}, {shape[1]} heads, {shape[2]} KV heads, {KV_READERS} layers, "
+            f"{args.threads} threads; best of {args.reps} per run, {args.rounds} runs each"
+        )
+        for n in args.contexts:
+            best = {b: [] for b in names}
+            stream = []
+            argv_n = [*map(str, shape), str(n), str(args.threads), str(args.reps)]
+            for r in range(args.rounds):
+                for b in names if r % 2 == 0 else names[::-1]:
+                    out = json.loads(run_harness([str(builds[b]), *argv_n]))
+                    best[b].append(out["best_s"])
+                    stream.append(out["stream_gbs"])
+                    gbs = KV_READERS * out["kv_bytes"]
+            cells = []
+            for b in names:
+                t = float(np.median(best[b]))
+                cells.append(f"{b} {1e3 * t:.1f} ms ({gbs / t / 1e9:.1f} GB/s)")
+            line = f"n_kv {n}: " + ", ".join(cells) + f"; stream {np.median(stream):.1f} GB/s"
+            if args.ref:
+                ratio = np.median(best[args.ref]) / np.median(best["this"])
+                line += f"; this is {ratio:.2f}x faster"
+            print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
