@@ -41,6 +41,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_CONFIG = ROOT / "tests" / "fixtures" / "real-config" / "config.json"
+FULL_KV_LAYERS = 8  # SambaY layers that read the whole cache: the global layer and 7 cross layers
 TOKENIZER_DIR = ROOT / "tests" / "fixtures" / "sambay-tiny"  # padded to the full vocab
 
 # Phi-4-mini (phi3 arch): 3.84B, tied embeddings, partial rotary (96 of 128 dims)
@@ -212,9 +213,9 @@ def kv_bytes_per_token(arch: str, ctx: int) -> float:
     cfg = json.loads(REAL_CONFIG.read_text())
     row = cfg["num_key_value_heads"] * (cfg["hidden_size"] // cfg["num_attention_heads"]) * 2
     # the fork's decode op reads each layer's K and V once for both differential branches;
-    # 8 SWA layers over <= window keys, the global layer and 7 cross layers over all keys
+    # 8 SWA layers over <= window keys, FULL_KV_LAYERS over all keys
     swa = 8 * min(ctx, cfg["sliding_window"]) * 2 * row
-    full = 8 * ctx * 2 * row
+    full = FULL_KV_LAYERS * ctx * 2 * row
     return swa + full
 
 

@@ -10,7 +10,8 @@ alternately, round by round, so the ratio is measured in one run on one host.
 
     python benchmarks/bench_gguf_op.py --ref HEAD~1 --contexts 512 4096 16384
 
-Needs g++ and the fork wheel in ``.venv`` (its libggml-base), and the cached sdist (ggml.h).
+Needs g++, the fork wheel in ``.venv`` (its libggml-base) and the pinned sdist (ggml.h; from the
+fork's build cache, fetched like the build does if missing).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 OVERLAY = "phiflash_gguf/overlay/src/models/sambay.cpp"
-REAL_CONFIG = REPO / "tests" / "fixtures" / "real-config" / "config.json"
-KV_READERS = 8  # the global attention layer and the 7 cross-attention layers read one cache
+
+sys.path.insert(0, str(HERE))
+from bench_gguf_cpu import FULL_KV_LAYERS, REAL_CONFIG  # noqa: E402
 
 
 def op_block(source: str) -> str:
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
     lib = Path(ensure_llama_cpp().__file__).parent / "lib"
     cfg = json.loads(REAL_CONFIG.read_text())
     hd = cfg["hidden_size"] // cfg["num_attention_heads"]
-    shape = [hd, cfg["num_attention_heads"], cfg["num_key_value_heads"], KV_READERS]
+    shape = [hd, cfg["num_attention_heads"], cfg["num_key_value_heads"], FULL_KV_LAYERS]
 
     with tempfile.TemporaryDirectory(prefix="phiflash-op-") as tmp:
         work = Path(tmp)
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
             builds[args.ref] = build("ref", overlay_source(args.ref), work, inc, lib)
         names = list(builds)
         print(
-            f"op: hd {hd}, {shape[1]} heads, {shape[2]} KV heads, {KV_READERS} layers, "
+            f"op: hd {hd}, {shape[1]} heads, {shape[2]} KV heads, {FULL_KV_LAYERS} layers, "
             f"{args.threads} threads; best of {args.reps} per run, {args.rounds} runs each"
         )
         for n in args.contexts:
@@ -122,11 +124,11 @@ def main(argv=None) -> int:
                     out = json.loads(run_harness([str(builds[b]), *argv_n]))
                     best[b].append(out["best_s"])
                     stream.append(out["stream_gbs"])
-                    gbs = KV_READERS * out["kv_bytes"]
+            read_bytes = FULL_KV_LAYERS * out["kv_bytes"]
             cells = []
             for b in names:
                 t = float(np.median(best[b]))
-                cells.append(f"{b} {1e3 * t:.1f} ms ({gbs / t / 1e9:.1f} GB/s)")
+                cells.append(f"{b} {1e3 * t:.1f} ms ({read_bytes / t / 1e9:.1f} GB/s)")
             line = f"n_kv {n}: " + ", ".join(cells) + f"; stream {np.median(stream):.1f} GB/s"
             if args.ref:
                 ratio = np.median(best[args.ref]) / np.median(best["this"])
