@@ -2,8 +2,10 @@
 
 Both models are full size (3.85B) with random weights, written on the fly straight into GGUF
 files in the requested quantization (random blocks with a sane scale: the speed of a kernel
-does not depend on the values). Both run through the same llama-cpp-python build with the
-same thread count, one model per child process (so peak RSS is per model), both open at once
+does not depend on the values). SambaY runs on the fork wheel; Phi-4-mini on upstream
+llama.cpp, the unpatched sdist built by the same recipe (``--baseline upstream``, the default;
+``--baseline fork`` runs it on the fork wheel, whose ggml carries the faster Q4_0 decode kernel).
+Same thread count, one model per child process (so peak RSS is per model), both open at once
 and interleaved: a decode point is --gen rounds of one bandwidth probe and one step per model,
 a prompt point --repeat rounds of one prompt per model. A shared host's slow spells then hit
 both models alike.
@@ -426,10 +428,13 @@ def bench_quant(quant: str, args, probe: BandwidthProbe) -> dict:
         # segment fill is only valid for pure attention (phi3); SambaY always gets one prompt
         seg = args.segment_fill and arch == "phi3"
         log = args.workdir / f"{path.stem}.log"
-        models.append(Model(path, n_ctx, args.threads, log, arch=arch, segment_fill=seg))
+        lib = args.baseline_lib if arch == "phi3" else None
+        models.append(Model(path, n_ctx, args.threads, log, arch=arch, segment_fill=seg, lib=lib))
     res = {
         m.arch: {"file_bytes": m.file_bytes, "load_s": m.load_s, "pp": {}, "tg": {}} for m in models
     }
+    if "phi3" in res:
+        res["phi3"]["library"] = "upstream" if args.baseline_lib else "fork"
     try:
         for n in sorted(set(args.prompts) | set(args.contexts)):
             if n in args.prompts:
@@ -538,6 +543,13 @@ def main(argv=None) -> int:
         "into one sequence (same cache, same decode work, linear-time fill; a 16K prompt into "
         "phi3 ran 82 minutes here without finishing). Prompt tok/s is always a real prompt.",
     )
+    ap.add_argument(
+        "--baseline",
+        choices=["upstream", "fork"],
+        default="upstream",
+        help="library Phi-4-mini runs on: upstream llama.cpp built by the fork's recipe "
+        "(python -m phiflash_gguf.stock --upstream; built on first use), or the fork wheel",
+    )
     ap.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--n-ctx", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -549,6 +561,11 @@ def main(argv=None) -> int:
     from phiflash_gguf.build import FORK_VERSION, ensure_llama_cpp
 
     ensure_llama_cpp()
+    args.baseline_lib = None
+    if args.baseline == "upstream" and "phi3" in args.archs:
+        from phiflash_gguf.stock import ensure_upstream_lib
+
+        args.baseline_lib = ensure_upstream_lib()
     args.workdir.mkdir(parents=True, exist_ok=True)
     probe = BandwidthProbe(args.threads)
     bw = float(np.median([probe() for _ in range(3)]))
@@ -578,7 +595,9 @@ def main(argv=None) -> int:
         pass
     print()
     print(
-        f"llama-cpp-python {FORK_VERSION}, {args.threads} threads, {cpu}, {os.cpu_count()} CPUs, "
+        f"SambaY on llama-cpp-python {FORK_VERSION}, Phi-4-mini on "
+        + ("upstream 0.3.36 (same recipe)" if args.baseline_lib else "the same fork wheel")
+        + f"; {args.threads} threads, {cpu}, {os.cpu_count()} CPUs, "
         f"read bandwidth {bw:.1f} GB/s at start"
         + (f" ({min(all_bw):.1f}-{max(all_bw):.1f} over the rounds)" if all_bw else "")
         + f", flash attention on, F16 KV; {args.gen} decode rounds, {args.repeat} prompt round(s)"

@@ -38,7 +38,7 @@ UPSTREAM = "llama-cpp-python"
 UPSTREAM_VERSION = "0.3.36"
 SDIST_NAME = f"llama_cpp_python-{UPSTREAM_VERSION}.tar.gz"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-FORK_REV = 5  # bump on every change to the patch series or overlay
+FORK_REV = 6  # bump on every change to the patch series or overlay
 FORK_VERSION = f"{UPSTREAM_VERSION}+sambay.{FORK_REV}"
 CMAKE_ARGS = "-DLLAVA_BUILD=OFF"
 STAMP_NAME = ".phiflash-fork"
@@ -160,9 +160,11 @@ def fetch_sdist() -> Path:
     return sdist
 
 
-def prepare_source(sdist: Path) -> Path:
-    """Fresh unpacked sdist with the overlay and patches applied; returns its root."""
-    src_root = cache_dir() / "src"
+def prepare_source(sdist: Path, src_root: Path | None = None, fork: bool = True) -> Path:
+    """Fresh unpacked sdist (in ``src_root``, default ``<cache>/src``) with the overlay and
+    patches applied, or with none of them (``fork=False``: upstream llama.cpp built by the same
+    recipe, the benchmark's baseline); returns the package root."""
+    src_root = src_root or cache_dir() / "src"
     if src_root.exists():
         shutil.rmtree(src_root)
     src_root.mkdir(parents=True)
@@ -177,11 +179,12 @@ def prepare_source(sdist: Path) -> Path:
     if (vendor / ".git").is_file():
         (vendor / ".git").unlink()
 
-    for f in sorted(p for p in OVERLAY_DIR.rglob("*") if p.is_file()):
+    overlay = sorted(p for p in OVERLAY_DIR.rglob("*") if p.is_file()) if fork else []
+    for f in overlay:
         dst = vendor / f.relative_to(OVERLAY_DIR)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f, dst)
-    for patch in sorted(PATCH_DIR.glob("*.patch")):
+    for patch in sorted(PATCH_DIR.glob("*.patch")) if fork else []:
         _log(f"applying {patch.name}")
         _run(
             ["patch", "-p1", "--forward", "--batch", "-d", str(vendor), "-i", str(patch)],
@@ -195,6 +198,8 @@ def prepare_source(sdist: Path) -> Path:
         raise BuildError("llama-cpp-python CMakeLists.txt: LLAMA_BUILD_COMMON line not found")
     cml.write_text(text.replace(old, old.replace(" ON ", " OFF ")))
 
+    if not fork:
+        return pkg
     init = pkg / "llama_cpp" / "__init__.py"
     text = init.read_text()
     old = f'__version__ = "{UPSTREAM_VERSION}"'
@@ -205,7 +210,7 @@ def prepare_source(sdist: Path) -> Path:
     return pkg
 
 
-def build_wheel(pkg: Path, out_dir: Path) -> Path:
+def build_wheel(pkg: Path, out_dir: Path, build_dir: Path | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["CMAKE_ARGS"] = (env.get("CMAKE_ARGS", "") + " " + CMAKE_ARGS).strip()
@@ -226,7 +231,7 @@ def build_wheel(pkg: Path, out_dir: Path) -> Path:
             "-w",
             str(out_dir),
             "--config-settings",
-            f"build-dir={cache_dir() / 'skbuild'}",
+            f"build-dir={build_dir or cache_dir() / 'skbuild'}",
         ],
         "wheel build",
         env=env,

@@ -1,24 +1,32 @@
-"""Stock llama.cpp, for checking what an unpatched llama-cpp-python does with our GGUF.
+"""Stock llama.cpp: what an unpatched llama-cpp-python does with our GGUF, and how fast it is.
 
-Compiles ``libllama.so`` from the *unpatched* ``vendor/llama.cpp/src`` of the same pinned
-llama-cpp-python sdist and links it against the ``libggml*`` the fork wheel installed (the
-fork's patch series touches only ``src/``, never ggml, so those libraries are stock). Pointing
-llama-cpp-python's own ``LLAMA_CPP_LIB_PATH`` at :func:`ensure_stock_lib` then gives exactly
-the stock ``llama_cpp`` package: same Python code, same ggml, upstream model code.
+Two builds of the *unpatched* pinned sdist, each cached under the sdist hash:
 
-Unoptimized (``-O0``: this library only ever has to load a model's header and refuse it),
-cached under the sdist hash (188 files: 4.5 minutes from scratch on a 2-core machine).
+- :func:`ensure_stock_lib`, for the refusal check: ``libllama.so`` compiled from the upstream
+  ``vendor/llama.cpp/src`` at ``-O0`` (it only ever loads a model's header and refuses it; 188
+  files, 4.5 minutes from scratch on a 2-core machine), linked against the ``libggml*`` the
+  fork wheel installed. The fork's ggml patch (``patches/0002``) changes one kernel's speed,
+  not its results (bit-identical) nor any API, so model loading is upstream's.
+- :func:`ensure_upstream_lib`, the benchmark's baseline: the whole library set (libllama and
+  ggml) built from the unpatched sdist by the fork's own recipe (same CMake flags, same
+  compiler), so Phi-4-mini runs on upstream kernels.
 
-    python -m phiflash_gguf.stock            # build (or find) it and print its directory
+Pointing llama-cpp-python's own ``LLAMA_CPP_LIB_PATH`` at either directory gives the stock
+``llama_cpp`` package: same Python code, upstream native code.
+
+    python -m phiflash_gguf.stock              # the refusal library: build (or find), print its dir
+    python -m phiflash_gguf.stock --upstream   # the optimized upstream library set
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,9 +36,11 @@ from phiflash_gguf.build import (
     BuildError,
     _log,
     build_lock,
+    build_wheel,
     cache_dir,
     ensure_llama_cpp,
     fetch_sdist,
+    prepare_source,
 )
 
 GGML_LIBS = ("libggml.so.0", "libggml-base.so.0", "libggml-cpu.so.0")
@@ -127,10 +137,56 @@ def _build_stock(lib: Path) -> None:
     shutil.rmtree(work)
 
 
-def main() -> int:
+def upstream_dir() -> Path:
+    return cache_dir() / f"upstream-{SDIST_SHA256[:16]}"
+
+
+def ensure_upstream_lib() -> Path:
+    """Directory with upstream's optimized ``libllama.so`` and ``libggml*`` (no fork patches)."""
+    lib = upstream_dir() / "lib"
+    if (lib / "libllama.so").is_file():
+        return lib
+    with build_lock("upstream", "upstream llama.cpp"):
+        if not (lib / "libllama.so").is_file():
+            _build_upstream(lib)
+    return lib
+
+
+def _build_upstream(lib: Path) -> None:
+    out = lib.parent
+    _log("building upstream llama-cpp-python (no fork patches) as the benchmark's baseline")
+    pkg = prepare_source(fetch_sdist(), src_root=out / "src", fork=False)
+    wheel = build_wheel(pkg, out / "wheel", build_dir=out / "skbuild")
+    tmp = out / "lib.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            if info.filename.startswith("llama_cpp/lib/") and not info.is_dir():
+                target = tmp / Path(info.filename).name
+                target.write_bytes(zf.read(info))
+                target.chmod(0o755)
+    if not (tmp / "libllama.so").is_file():
+        raise BuildError(f"{wheel.name} has no llama_cpp/lib/libllama.so")
+    if lib.exists():
+        shutil.rmtree(lib)
+    tmp.rename(lib)
+    for d in ("src", "skbuild"):
+        shutil.rmtree(out / d, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m phiflash_gguf.stock", description=__doc__)
+    ap.add_argument(
+        "--upstream",
+        action="store_true",
+        help="the optimized upstream library set (benchmark baseline), not the -O0 refusal lib",
+    )
+    args = ap.parse_args(argv)
     try:
-        print(ensure_stock_lib())
-    except BuildError as e:
+        print(ensure_upstream_lib() if args.upstream else ensure_stock_lib())
+    except (BuildError, OSError) as e:
         print(f"phiflash_gguf.stock: {e}", file=sys.stderr)
         return 1
     return 0

@@ -91,3 +91,31 @@ def test_a_second_stock_build_waits_and_builds_nothing(tmp_path, monkeypatch, ca
     assert time.perf_counter() - t >= 1.0
     assert holder.wait() == 0
     assert "another process is building the stock library" in capsys.readouterr().out
+
+
+def test_upstream_source_is_the_same_recipe_without_the_fork(tmp_path):
+    """The benchmark's baseline: the sdist as is, only the recipe's build switches applied."""
+    pkg = build.prepare_source(build.fetch_sdist(), src_root=tmp_path / "src", fork=False)
+    vendor = pkg / "vendor" / "llama.cpp"
+    assert not (vendor / "src" / "models" / "sambay.cpp").exists()
+    for f in build.fork_files():
+        if f.suffix != ".patch":
+            assert not (vendor / f.relative_to(build.OVERLAY_DIR)).exists(), f.name
+    assert "phiflash" not in (vendor / "ggml/src/ggml-cpu/arch/x86/repack.cpp").read_text()
+    assert "sambay" not in (vendor / "src" / "llama-arch.cpp").read_text()
+    assert (
+        f'__version__ = "{build.UPSTREAM_VERSION}"' in (pkg / "llama_cpp/__init__.py").read_text()
+    )
+    assert not (pkg / "llama_cpp" / build.STAMP_NAME).exists()
+    assert "LLAMA_BUILD_COMMON OFF CACHE" in (pkg / "CMakeLists.txt").read_text()
+
+
+def test_upstream_lib_is_cached(tmp_path, monkeypatch):
+    from phiflash_gguf import stock
+
+    monkeypatch.setenv("PHIFLASH_CACHE", str(tmp_path))
+    monkeypatch.setattr(stock, "_build_upstream", lambda lib: pytest.fail("built again"))
+    lib = stock.upstream_dir() / "lib"
+    lib.mkdir(parents=True)
+    (lib / "libllama.so").write_bytes(b"")
+    assert stock.ensure_upstream_lib() == lib
