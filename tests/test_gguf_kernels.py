@@ -5,9 +5,14 @@
 (``..._generic``, unpatched) within float rounding, and exact integer sums: checked here on
 random blocks, extreme activations, several widths, and the widths that fall back to ggml's
 own kernel.
+
+Patch 0003 makes the Q8_0 and Q6_K dot products (Q8_0 models' matmuls, the Q4_0 models' output
+matrix) prefetch their weights 4 KB ahead. Those must still match ggml's reference, and a row
+that ends just before an unmapped page must not fault (a prefetch past the end never does).
 """
 
 import ctypes
+import mmap
 import os
 from pathlib import Path
 
@@ -30,6 +35,13 @@ GEMV_ARGS = [
 ]
 
 
+BLOCK_Q6_K = np.dtype([("ql", "u1", 128), ("qh", "u1", 64), ("scales", "i1", 16), ("d", "<f2")])
+BLOCK_Q8_K = np.dtype([("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)])
+VEC_DOT_ARGS = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
+VEC_DOT_ARGS += [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+VEC_DOTS = ("ggml_vec_dot_q8_0_q8_0", "ggml_vec_dot_q6_K_q8_K")
+
+
 @pytest.fixture(scope="module")
 def ggml_cpu():
     lc = ensure_llama_cpp()
@@ -38,6 +50,9 @@ def ggml_cpu():
     lib.ggml_cpu_init()
     for name in ("ggml_gemv_q4_0_8x8_q8_0", "ggml_gemv_q4_0_8x8_q8_0_generic"):
         getattr(lib, name).argtypes = GEMV_ARGS
+        getattr(lib, name).restype = None
+    for name in VEC_DOTS + tuple(f"{v}_generic" for v in VEC_DOTS):
+        getattr(lib, name).argtypes = VEC_DOT_ARGS
         getattr(lib, name).restype = None
     return lib
 
@@ -108,5 +123,93 @@ def test_q4_0_gemv_wide_rows_take_ggml_kernel(ggml_cpu):
     n, rows = 32 * 1056, 8
     w, a = _blocks(rng, n, rows)
     ours = _gemv(ggml_cpu.ggml_gemv_q4_0_8x8_q8_0, n, rows, w, a)
+    ref = _reference(n, rows, w, a)
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-6
+
+
+def _q8_0_row(rng, n: int, out=None):
+    row = np.zeros(n // QK, BLOCK_Q8_0) if out is None else out
+    row["d"] = rng.uniform(0.001, 0.1, row.shape).astype(np.float16)
+    row["qs"] = rng.integers(-127, 128, row["qs"].shape, dtype=np.int8)
+    return row
+
+
+def _q6_k_row(rng, n: int, out=None):
+    row = np.zeros(n // 256, BLOCK_Q6_K) if out is None else out
+    row["ql"] = rng.integers(0, 256, row["ql"].shape, dtype=np.uint8)
+    row["qh"] = rng.integers(0, 256, row["qh"].shape, dtype=np.uint8)
+    row["scales"] = rng.integers(-128, 128, row["scales"].shape, dtype=np.int8)
+    row["d"] = rng.uniform(-0.01, 0.01, row.shape).astype(np.float16)
+    return row
+
+
+def _q8_k_row(rng, n: int):
+    row = np.zeros(n // 256, BLOCK_Q8_K)
+    row["d"] = rng.uniform(0.001, 0.1, row.shape).astype(np.float32)
+    row["qs"] = rng.integers(-127, 128, row["qs"].shape, dtype=np.int8)
+    row["bsums"] = row["qs"].reshape(-1, 16, 16).astype(np.int32).sum(axis=-1)
+    return row
+
+
+ROWS = {  # vec_dot: (weight row builder, activation row builder, weight block dtype)
+    "ggml_vec_dot_q8_0_q8_0": (_q8_0_row, _q8_0_row, BLOCK_Q8_0),
+    "ggml_vec_dot_q6_K_q8_K": (_q6_k_row, _q8_k_row, BLOCK_Q6_K),
+}
+
+
+def _vec_dot(fn, n: int, x, y) -> float:
+    out = np.full(1, np.nan, np.float32)
+    fn(n, out.ctypes.data, 0, x.ctypes.data, 0, y.ctypes.data, 0, 1)
+    return float(out[0])
+
+
+class GuardedRow:
+    """A weight row whose last byte sits just before a page that may not be read (PROT_NONE)."""
+
+    def __init__(self, dtype: np.dtype, count: int):
+        size = dtype.itemsize * count
+        page = mmap.PAGESIZE
+        self.mm = mmap.mmap(-1, (size // page + 2) * page)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
+        guard = base + (size // page + 1) * page
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        assert libc.mprotect(guard, page, 0) == 0  # PROT_NONE, os.strerror(ctypes.get_errno())
+        self.row = np.frombuffer(self.mm, dtype, count, offset=guard - base - size)
+
+
+@pytest.mark.parametrize("vec_dot", VEC_DOTS)
+@pytest.mark.parametrize("n", [256, 3072, 8192])
+def test_prefetching_vec_dot_matches_ggml_reference(ggml_cpu, vec_dot, n):
+    rng = np.random.default_rng(n)
+    make_x, make_y, _ = ROWS[vec_dot]
+    for _ in range(8):
+        x, y = make_x(rng, n), make_y(rng, n)
+        ours = _vec_dot(getattr(ggml_cpu, vec_dot), n, x, y)
+        generic = _vec_dot(getattr(ggml_cpu, f"{vec_dot}_generic"), n, x, y)
+        assert abs(ours - generic) <= 1e-5 * max(abs(generic), 1e-3)
+
+
+@pytest.mark.parametrize("vec_dot", VEC_DOTS)
+def test_prefetch_past_the_last_row_does_not_fault(ggml_cpu, vec_dot):
+    """The prefetch reaches 4 KB past the row; here that is an unreadable page."""
+    rng = np.random.default_rng(5)
+    n = 3072
+    make_x, make_y, dtype = ROWS[vec_dot]
+    guarded = GuardedRow(dtype, n // (QK if dtype == BLOCK_Q8_0 else 256))
+    x = make_x(rng, n, out=guarded.row)
+    y = make_y(rng, n)
+    ours = _vec_dot(getattr(ggml_cpu, vec_dot), n, x, y)
+    generic = _vec_dot(getattr(ggml_cpu, f"{vec_dot}_generic"), n, x, y)
+    assert abs(ours - generic) <= 1e-5 * max(abs(generic), 1e-3)
+
+
+def test_q4_0_gemv_prefetch_past_the_last_group_does_not_fault(ggml_cpu):
+    rng = np.random.default_rng(6)
+    n, rows = 3072, 16
+    w, a = _blocks(rng, n, rows)
+    guarded = GuardedRow(BLOCK_Q4_0X8, len(w))
+    guarded.row[:] = w
+    ours = _gemv(ggml_cpu.ggml_gemv_q4_0_8x8_q8_0, n, rows, guarded.row, a)
     ref = _reference(n, rows, w, a)
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-6

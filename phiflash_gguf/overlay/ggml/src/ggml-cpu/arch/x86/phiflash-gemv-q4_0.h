@@ -13,8 +13,14 @@
 // - A 32-byte load of the interleaved block holds 8 bytes (16 weights) of 4 rows. Multiplying it
 //   against the matching 8 activation bytes broadcast to every 64-bit lane (a load, no shuffle)
 //   leaves each row's partial sums in two adjacent 32-bit lanes; one hadd per block pairs them.
-//   ggml's kernel broadcasts 4 activation bytes with a shuffle and blends the rows into place:
-//   on a 2-core laptop it is bound by the shuffle port, not by memory.
+//   ggml's kernel broadcasts 4 activation bytes with a shuffle and blends the rows into place;
+//   on our 2-core x86 VM it ran about as fast from L3 as from memory, bound by its arithmetic
+//   (benchmarks/bench_gguf_gemv.py).
+// - Each block's three cache lines are prefetched PHIFLASH_PREFETCH_AHEAD bytes ahead
+//   (phiflash-prefetch.h).
+//
+// Returns false, computing nothing, for rows wider than GEMV_Q4_0_MAX_BLOCKS blocks: the caller
+// then runs ggml's kernel.
 #pragma once
 
 #if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
@@ -22,9 +28,11 @@
 
 #include <immintrin.h>
 
+#include "phiflash-prefetch.h"
+
 namespace phiflash {
 
-constexpr int GEMV_Q4_0_MAX_BLOCKS = 1024; // rows up to 32768 weights; wider ones take ggml's kernel
+constexpr int GEMV_Q4_0_MAX_BLOCKS = 1024; // rows up to 32768 weights
 
 // acc + per-32-bit-lane sum of 4 products (unsigned u) x (signed s)
 static inline __m256i dot_u8_s8(__m256i acc, __m256i u, __m256i s) {
@@ -40,9 +48,12 @@ static inline __m256i dot_u8_s8(__m256i acc, __m256i u, __m256i s) {
 }
 
 // s[y * bs + c] = dot(row c of vx, row y of vy) for c < nc (a multiple of 8), y < nr
-static void gemv_q4_0_8x8_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const block_q4_0x8 * GGML_RESTRICT vx,
+static bool gemv_q4_0_8x8_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const block_q4_0x8 * GGML_RESTRICT vx,
                                const block_q8_0 * GGML_RESTRICT vy, int nr, int nc) {
     const int nb = n / QK8_0;
+    if (nb > GEMV_Q4_0_MAX_BLOCKS) {
+        return false;
+    }
     const __m256i low4 = _mm256_set1_epi8(0x0F);
     const __m256i flip = _mm256_set1_epi8((char) 0x88);
     // lanes come out as rows 0 1 4 5 | 2 3 6 7
@@ -65,6 +76,9 @@ static void gemv_q4_0_8x8_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const 
             const block_q4_0x8 * w = vx + (size_t) x * nb;
             __m256 acc = _mm256_setzero_ps();
             for (int b = 0; b < nb; b++) {
+                PHIFLASH_PREFETCH(w + b, 0);
+                PHIFLASH_PREFETCH(w + b, 64);
+                PHIFLASH_PREFETCH(w + b, 128);
                 // qs: [rows 0-3 | rows 4-7] x [bytes 0-7 | bytes 8-15], 8 bytes per row each;
                 // the low nibble of byte j is weight j, the high nibble weight j + 16
                 const __m256i * q = (const __m256i *) w[b].qs;
@@ -101,6 +115,7 @@ static void gemv_q4_0_8x8_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const 
             _mm256_storeu_ps(s + y * bs + x * 8, _mm256_permutevar8x32_ps(acc, row_order));
         }
     }
+    return true;
 }
 
 } // namespace phiflash
