@@ -57,15 +57,19 @@ def ggml_cpu():
     return lib
 
 
-def _blocks(rng, n: int, rows: int, a_range=(-127, 127)):
+def _q8_0_row(rng, n: int, out=None):
+    row = np.zeros(n // QK, BLOCK_Q8_0) if out is None else out
+    row["d"] = rng.uniform(0.001, 0.1, row.shape).astype(np.float16)
+    row["qs"] = rng.integers(-127, 128, row["qs"].shape, dtype=np.int8)
+    return row
+
+
+def _blocks(rng, n: int, rows: int):
     """Random repacked Q4_0 weights (rows/8 groups of n/32 blocks) and one Q8_0 activation row."""
     w = np.zeros((rows // 8) * (n // QK), BLOCK_Q4_0X8)
     w["d"] = rng.uniform(-0.02, 0.02, w["d"].shape).astype(np.float16)
     w["qs"] = rng.integers(0, 256, w["qs"].shape, dtype=np.uint8)
-    a = np.zeros(n // QK, BLOCK_Q8_0)
-    a["d"] = rng.uniform(0.001, 0.1, a.shape).astype(np.float16)
-    a["qs"] = rng.integers(a_range[0], a_range[1] + 1, a["qs"].shape, dtype=np.int8)
-    return w, a
+    return w, _q8_0_row(rng, n)
 
 
 def _gemv(fn, n: int, rows: int, w, a) -> np.ndarray:
@@ -127,13 +131,6 @@ def test_q4_0_gemv_wide_rows_take_ggml_kernel(ggml_cpu):
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-6
 
 
-def _q8_0_row(rng, n: int, out=None):
-    row = np.zeros(n // QK, BLOCK_Q8_0) if out is None else out
-    row["d"] = rng.uniform(0.001, 0.1, row.shape).astype(np.float16)
-    row["qs"] = rng.integers(-127, 128, row["qs"].shape, dtype=np.int8)
-    return row
-
-
 def _q6_k_row(rng, n: int, out=None):
     row = np.zeros(n // 256, BLOCK_Q6_K) if out is None else out
     row["ql"] = rng.integers(0, 256, row["ql"].shape, dtype=np.uint8)
@@ -151,9 +148,9 @@ def _q8_k_row(rng, n: int):
     return row
 
 
-ROWS = {  # vec_dot: (weight row builder, activation row builder, weight block dtype)
-    "ggml_vec_dot_q8_0_q8_0": (_q8_0_row, _q8_0_row, BLOCK_Q8_0),
-    "ggml_vec_dot_q6_K_q8_K": (_q6_k_row, _q8_k_row, BLOCK_Q6_K),
+ROWS = {  # vec_dot: (weight row builder, activation row builder, weight block dtype, its width)
+    "ggml_vec_dot_q8_0_q8_0": (_q8_0_row, _q8_0_row, BLOCK_Q8_0, QK),
+    "ggml_vec_dot_q6_K_q8_K": (_q6_k_row, _q8_k_row, BLOCK_Q6_K, 256),
 }
 
 
@@ -182,7 +179,7 @@ class GuardedRow:
 @pytest.mark.parametrize("n", [256, 3072, 8192])
 def test_prefetching_vec_dot_matches_ggml_reference(ggml_cpu, vec_dot, n):
     rng = np.random.default_rng(n)
-    make_x, make_y, _ = ROWS[vec_dot]
+    make_x, make_y, _, _ = ROWS[vec_dot]
     for _ in range(8):
         x, y = make_x(rng, n), make_y(rng, n)
         ours = _vec_dot(getattr(ggml_cpu, vec_dot), n, x, y)
@@ -195,8 +192,8 @@ def test_prefetch_past_the_last_row_does_not_fault(ggml_cpu, vec_dot):
     """The prefetch reaches 4 KB past the row; here that is an unreadable page."""
     rng = np.random.default_rng(5)
     n = 3072
-    make_x, make_y, dtype = ROWS[vec_dot]
-    guarded = GuardedRow(dtype, n // (QK if dtype == BLOCK_Q8_0 else 256))
+    make_x, make_y, dtype, width = ROWS[vec_dot]
+    guarded = GuardedRow(dtype, n // width)
     x = make_x(rng, n, out=guarded.row)
     y = make_y(rng, n)
     ours = _vec_dot(getattr(ggml_cpu, vec_dot), n, x, y)
