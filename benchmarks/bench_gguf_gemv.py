@@ -17,7 +17,6 @@ kernels agree to 1e-6 first.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.util
 import sys
 import time
@@ -26,29 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-BLOCK_Q4_0X8 = np.dtype([("d", "<f2", 8), ("qs", "u1", 128)])
-BLOCK_Q8_0 = np.dtype([("d", "<f2"), ("qs", "i1", 32)])
-GEMV_ARGS = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p]
-GEMV_ARGS += [ctypes.c_int, ctypes.c_int]
+from phiflash_gguf.kernels import GEMV_Q4_0, load_ggml_cpu, q4_0x8_operands
 
 
 def load_gemv(lib_dir: Path):
-    lib = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"))
-    lib.ggml_cpu_init()
-    fn = lib.ggml_gemv_q4_0_8x8_q8_0
-    fn.argtypes, fn.restype = GEMV_ARGS, None
-    return fn
-
-
-def operands(n: int, rows: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    w = np.zeros((rows // 8) * (n // 32), BLOCK_Q4_0X8)
-    w["d"] = rng.uniform(-0.02, 0.02, w["d"].shape).astype(np.float16)
-    w["qs"] = rng.integers(0, 256, w["qs"].shape, dtype=np.uint8)
-    a = np.zeros(n // 32, BLOCK_Q8_0)
-    a["d"] = rng.uniform(0.001, 0.1, a.shape).astype(np.float16)
-    a["qs"] = rng.integers(-127, 128, a["qs"].shape, dtype=np.int8)
-    return w, a
+    return getattr(load_ggml_cpu(lib_dir), GEMV_Q4_0)
 
 
 def run(fn, pool, threads: int, n: int, rows: int, w, a, out) -> float:
@@ -99,7 +80,7 @@ def main(argv=None) -> int:
     # llama_cpp is not imported: each libggml-cpu is loaded once, by path, with its own symbols
 
     for rows, where in ((args.rows, "from memory"), (args.cache_rows, "in L3")):
-        w, a = operands(args.n, rows)
+        w, a = q4_0x8_operands(np.random.default_rng(0), args.n, rows)
         o_f, o_u = np.zeros(rows, np.float32), np.zeros(rows, np.float32)
         with ThreadPoolExecutor(max(args.threads)) as pool:
             run(fork, pool, 1, args.n, rows, w, a, o_f)

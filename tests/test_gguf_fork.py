@@ -4,6 +4,9 @@ Builds the fork through the cached build (a no-op when `make fork` ran) and conv
 fixture with `phiflash convert-gguf`'s library function.
 """
 
+import json
+import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +235,64 @@ def test_bundled_tutor_model_q8_0_and_q4_0_agree_with_f32(lc, tmp_path):
     }
     assert top1["q8_0"] >= 0.98  # measured 100%
     assert top1["q4_0"] >= 0.95  # measured 98.8%
+
+
+def _with_kv_heads(dst: Path, n_kv_heads: int, seed: int) -> Path:
+    """The fixture with ``num_key_value_heads`` changed: the self-decoder attention layers'
+    fused QKV projections are drawn again (F32) at the new height, everything else is kept."""
+    shutil.copytree(TINY, dst, ignore=shutil.ignore_patterns("golden.npz", "model.safetensors"))
+    cfg = json.loads((TINY / "config.json").read_text())
+    hd = cfg["hidden_size"] // cfg["num_attention_heads"]
+    old_rows = (cfg["num_attention_heads"] + 2 * cfg["num_key_value_heads"]) * hd
+    new_rows = (cfg["num_attention_heads"] + 2 * n_kv_heads) * hd
+    cfg["num_key_value_heads"] = n_kv_heads
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+
+    raw = (TINY / "model.safetensors").read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header, body = json.loads(raw[8 : 8 + n]), raw[8 + n :]
+    rng = np.random.default_rng(seed)
+    meta, chunks, off = {"__metadata__": header.pop("__metadata__", {})}, [], 0
+    for name, info in header.items():
+        lo, hi = info["data_offsets"]
+        data = body[lo:hi]
+        if ".Wqkv." in name and info["shape"][0] == old_rows:  # a layer that writes K and V
+            info = {"dtype": "F32", "shape": [new_rows, *info["shape"][1:]]}
+            data = rng.normal(0, 0.1, info["shape"]).astype("<f4").tobytes()
+        meta[name] = {**info, "data_offsets": [off, off + len(data)]}
+        chunks.append(data)
+        off += len(data)
+    head = json.dumps(meta).encode()
+    head += b" " * (-len(head) % 8)
+    (dst / "model.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + b"".join(chunks))
+    return dst
+
+
+@pytest.mark.parametrize("n_kv_heads", [8, 2], ids=["1-query-pair-per-kv-pair", "4-per-kv-pair"])
+def test_other_gqa_ratios_match_mlx(lc, tmp_path, n_kv_heads):
+    """The fixture has 2 query pairs per KV pair; the decode op's SIMD paths are specialised
+    for 1, 2 and 4. The same model with 8 and 2 KV heads (1 and 4 per pair), against the MLX
+    engine in float32, flash attention on (the decode op) and off (ggml's attention ops)."""
+    import mlx.core as mx
+
+    from phiflash_mlx import load
+
+    src = _with_kv_heads(tmp_path / "hf", n_kv_heads, seed=n_kv_heads)
+    path = convert(src, tmp_path / "tiny.gguf", "f32", progress=False)
+    rng = np.random.default_rng(n_kv_heads)
+    ids = rng.integers(10, 250, size=600).tolist()
+    steps = rng.integers(10, 250, size=3).tolist()
+
+    model, _ = load(src, dtype=mx.float32)
+    cache = model.make_cache()
+    model(mx.array(ids)[None], cache=cache)
+    ref = np.stack([np.array(model(mx.array([[t]]), cache=cache)[0, -1]) for t in steps])
+    for fa in (True, False):
+        llm = lc.Llama(str(path), n_ctx=640, n_batch=256, flash_attn=fa, n_threads=2,
+                       verbose=False, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)  # fmt: skip
+        llm.eval(ids)
+        rows = []
+        for t in steps:
+            llm.eval([t])
+            rows.append(_last_logits(lc, llm).copy())
+        assert _rel(np.stack(rows), ref) <= 1e-4, f"flash_attn={fa}"

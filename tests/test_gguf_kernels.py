@@ -20,56 +20,26 @@ import numpy as np
 import pytest
 
 from phiflash_gguf.build import ensure_llama_cpp
-
-QK = 32
-BLOCK_Q4_0X8 = np.dtype([("d", "<f2", 8), ("qs", "u1", 128)])
-BLOCK_Q8_0 = np.dtype([("d", "<f2"), ("qs", "i1", QK)])
-GEMV_ARGS = [
-    ctypes.c_int,
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_void_p,
-    ctypes.c_void_p,
-    ctypes.c_int,
-    ctypes.c_int,
-]
-
-
-BLOCK_Q6_K = np.dtype([("ql", "u1", 128), ("qh", "u1", 64), ("scales", "i1", 16), ("d", "<f2")])
-BLOCK_Q8_K = np.dtype([("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)])
-VEC_DOT_ARGS = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
-VEC_DOT_ARGS += [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-VEC_DOTS = ("ggml_vec_dot_q8_0_q8_0", "ggml_vec_dot_q6_K_q8_K")
+from phiflash_gguf.kernels import (
+    BLOCK_Q4_0X8,
+    BLOCK_Q6_K,
+    BLOCK_Q8_0,
+    GEMV_Q4_0,
+    QK8_0,
+    QK_K,
+    VEC_DOTS,
+    load_ggml_cpu,
+    q4_0x8_operands,
+    q6_k_row,
+    q8_0_row,
+    q8_k_row,
+)
 
 
 @pytest.fixture(scope="module")
 def ggml_cpu():
     lc = ensure_llama_cpp()
-    lib_dir = Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(lc.__file__).parent / "lib")
-    lib = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"))
-    lib.ggml_cpu_init()
-    for name in ("ggml_gemv_q4_0_8x8_q8_0", "ggml_gemv_q4_0_8x8_q8_0_generic"):
-        getattr(lib, name).argtypes = GEMV_ARGS
-        getattr(lib, name).restype = None
-    for name in VEC_DOTS + tuple(f"{v}_generic" for v in VEC_DOTS):
-        getattr(lib, name).argtypes = VEC_DOT_ARGS
-        getattr(lib, name).restype = None
-    return lib
-
-
-def _q8_0_row(rng, n: int, out=None):
-    row = np.zeros(n // QK, BLOCK_Q8_0) if out is None else out
-    row["d"] = rng.uniform(0.001, 0.1, row.shape).astype(np.float16)
-    row["qs"] = rng.integers(-127, 128, row["qs"].shape, dtype=np.int8)
-    return row
-
-
-def _blocks(rng, n: int, rows: int):
-    """Random repacked Q4_0 weights (rows/8 groups of n/32 blocks) and one Q8_0 activation row."""
-    w = np.zeros((rows // 8) * (n // QK), BLOCK_Q4_0X8)
-    w["d"] = rng.uniform(-0.02, 0.02, w["d"].shape).astype(np.float16)
-    w["qs"] = rng.integers(0, 256, w["qs"].shape, dtype=np.uint8)
-    return w, _q8_0_row(rng, n)
+    return load_ggml_cpu(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(lc.__file__).parent / "lib")
 
 
 def _gemv(fn, n: int, rows: int, w, a) -> np.ndarray:
@@ -80,7 +50,7 @@ def _gemv(fn, n: int, rows: int, w, a) -> np.ndarray:
 
 def _reference(n: int, rows: int, w, a) -> np.ndarray:
     """The same dot products in float64 from the block layout (ggml's repack of Q4_0)."""
-    nb = n // QK
+    nb = n // QK8_0
     qs = w["qs"].reshape(rows // 8, nb, 2, 8, 8)  # group, block, byte half, row, byte
     nib = qs ^ 0x88  # back to unsigned q in [0, 15] per nibble, value q - 8
     lo = (nib & 0x0F).astype(np.int64) - 8  # weights j (byte half 0) and j + 8 (half 1)
@@ -97,9 +67,9 @@ def _reference(n: int, rows: int, w, a) -> np.ndarray:
 def test_q4_0_gemv_matches_ggml_reference(ggml_cpu, n):
     rng = np.random.default_rng(n)
     rows = 136
-    w, a = _blocks(rng, n, rows)
-    ours = _gemv(ggml_cpu.ggml_gemv_q4_0_8x8_q8_0, n, rows, w, a)
-    generic = _gemv(ggml_cpu.ggml_gemv_q4_0_8x8_q8_0_generic, n, rows, w, a)
+    w, a = q4_0x8_operands(rng, n, rows)
+    ours = _gemv(getattr(ggml_cpu, GEMV_Q4_0), n, rows, w, a)
+    generic = _gemv(getattr(ggml_cpu, f"{GEMV_Q4_0}_generic"), n, rows, w, a)
     ref = _reference(n, rows, w, a)
     scale = np.abs(ref).max()
     assert np.abs(generic - ref).max() / scale < 1e-6  # the layout reading above is ggml's
@@ -112,11 +82,11 @@ def test_q4_0_gemv_extreme_activations(ggml_cpu, value):
     """Saturated activations and all-15 / all-0 nibbles: no int16 overflow in the byte products."""
     rng = np.random.default_rng(7)
     n, rows = 256, 16
-    w, a = _blocks(rng, n, rows)
+    w, a = q4_0x8_operands(rng, n, rows)
     a["qs"] = value
     w["qs"][::2] = 0x77  # q = 15 everywhere (stored as q ^ 8)
     w["qs"][1::2] = 0x88  # q = 0
-    ours = _gemv(ggml_cpu.ggml_gemv_q4_0_8x8_q8_0, n, rows, w, a)
+    ours = _gemv(getattr(ggml_cpu, GEMV_Q4_0), n, rows, w, a)
     ref = _reference(n, rows, w, a)
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-6
 
@@ -125,32 +95,15 @@ def test_q4_0_gemv_wide_rows_take_ggml_kernel(ggml_cpu):
     """Rows wider than the kernel's block buffers (1024 blocks) go to ggml's own kernel."""
     rng = np.random.default_rng(3)
     n, rows = 32 * 1056, 8
-    w, a = _blocks(rng, n, rows)
-    ours = _gemv(ggml_cpu.ggml_gemv_q4_0_8x8_q8_0, n, rows, w, a)
+    w, a = q4_0x8_operands(rng, n, rows)
+    ours = _gemv(getattr(ggml_cpu, GEMV_Q4_0), n, rows, w, a)
     ref = _reference(n, rows, w, a)
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-6
 
 
-def _q6_k_row(rng, n: int, out=None):
-    row = np.zeros(n // 256, BLOCK_Q6_K) if out is None else out
-    row["ql"] = rng.integers(0, 256, row["ql"].shape, dtype=np.uint8)
-    row["qh"] = rng.integers(0, 256, row["qh"].shape, dtype=np.uint8)
-    row["scales"] = rng.integers(-128, 128, row["scales"].shape, dtype=np.int8)
-    row["d"] = rng.uniform(-0.01, 0.01, row.shape).astype(np.float16)
-    return row
-
-
-def _q8_k_row(rng, n: int):
-    row = np.zeros(n // 256, BLOCK_Q8_K)
-    row["d"] = rng.uniform(0.001, 0.1, row.shape).astype(np.float32)
-    row["qs"] = rng.integers(-127, 128, row["qs"].shape, dtype=np.int8)
-    row["bsums"] = row["qs"].reshape(-1, 16, 16).astype(np.int32).sum(axis=-1)
-    return row
-
-
 ROWS = {  # vec_dot: (weight row builder, activation row builder, weight block dtype, its width)
-    "ggml_vec_dot_q8_0_q8_0": (_q8_0_row, _q8_0_row, BLOCK_Q8_0, QK),
-    "ggml_vec_dot_q6_K_q8_K": (_q6_k_row, _q8_k_row, BLOCK_Q6_K, 256),
+    "ggml_vec_dot_q8_0_q8_0": (q8_0_row, q8_0_row, BLOCK_Q8_0, QK8_0),
+    "ggml_vec_dot_q6_K_q8_K": (q6_k_row, q8_k_row, BLOCK_Q6_K, QK_K),
 }
 
 
@@ -204,9 +157,9 @@ def test_prefetch_past_the_last_row_does_not_fault(ggml_cpu, vec_dot):
 def test_q4_0_gemv_prefetch_past_the_last_group_does_not_fault(ggml_cpu):
     rng = np.random.default_rng(6)
     n, rows = 3072, 16
-    w, a = _blocks(rng, n, rows)
+    w, a = q4_0x8_operands(rng, n, rows)
     guarded = GuardedRow(BLOCK_Q4_0X8, len(w))
     guarded.row[:] = w
-    ours = _gemv(ggml_cpu.ggml_gemv_q4_0_8x8_q8_0, n, rows, guarded.row, a)
+    ours = _gemv(getattr(ggml_cpu, GEMV_Q4_0), n, rows, guarded.row, a)
     ref = _reference(n, rows, w, a)
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-6
