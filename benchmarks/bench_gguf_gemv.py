@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phiflash_gguf.kernels import GEMV_Q4_0, load_ggml_cpu, q4_0x8_operands
+from phiflash_gguf.kernels import GEMV_Q4_0, QK8_0, load_ggml_cpu, q4_0x8_operands
 
 
 def load_gemv(lib_dir: Path):
@@ -35,7 +35,7 @@ def load_gemv(lib_dir: Path):
 def run(fn, pool, threads: int, n: int, rows: int, w, a, out) -> float:
     """Seconds for one GEMV over all ``rows``, split into ``threads`` contiguous parts."""
     bounds = np.linspace(0, rows // 8, threads + 1).astype(int) * 8
-    group = w.itemsize * (n // 32)  # bytes of one group of 8 rows
+    group = w.itemsize * (n // QK8_0)  # bytes of one group of 8 rows
 
     def part(i):
         r0, r1 = int(bounds[i]), int(bounds[i + 1])

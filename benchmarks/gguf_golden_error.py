@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 TINY = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "sambay-tiny"
-GGML_TYPE_F32 = 0
 
 
 def rel(a: np.ndarray, ref: np.ndarray) -> float:
@@ -36,8 +35,8 @@ def main() -> int:
         print(f"llama-cpp-python {FORK_VERSION}, sambay-tiny F32 GGUF, F32 KV cache")
         for fa in (True, False):
             llm = lc.Llama(str(path), n_ctx=256, n_batch=128, logits_all=True, flash_attn=fa,
-                           n_threads=2, verbose=False, type_k=GGML_TYPE_F32,
-                           type_v=GGML_TYPE_F32)  # fmt: skip
+                           n_threads=2, verbose=False, type_k=lc.GGML_TYPE_F32,
+                           type_v=lc.GGML_TYPE_F32)  # fmt: skip
             llm.eval(ids)
             prefill = rel(np.array(llm.scores[: len(ids)]), golden["logits_prefill"])
             steps = []

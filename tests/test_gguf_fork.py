@@ -6,7 +6,6 @@ fixture with `phiflash convert-gguf`'s library function.
 
 import json
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -245,7 +244,9 @@ def test_bundled_tutor_model_q8_0_and_q4_0_agree_with_f32(lc, tmp_path):
 def _with_kv_heads(dst: Path, n_kv_heads: int, seed: int) -> Path:
     """The fixture with ``num_key_value_heads`` changed: the self-decoder attention layers'
     fused QKV projections are drawn again (F32) at the new height, everything else is kept."""
-    shutil.copytree(TINY, dst, ignore=shutil.ignore_patterns("golden.npz", "model.safetensors"))
+    import mlx.core as mx
+
+    shutil.copytree(TINY, dst, ignore=shutil.ignore_patterns("golden.npz"))
     cfg = json.loads((TINY / "config.json").read_text())
     hd = cfg["hidden_size"] // cfg["num_attention_heads"]
     old_rows = (cfg["num_attention_heads"] + 2 * cfg["num_key_value_heads"]) * hd
@@ -253,23 +254,14 @@ def _with_kv_heads(dst: Path, n_kv_heads: int, seed: int) -> Path:
     cfg["num_key_value_heads"] = n_kv_heads
     (dst / "config.json").write_text(json.dumps(cfg, indent=2))
 
-    raw = (TINY / "model.safetensors").read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header, body = json.loads(raw[8 : 8 + n]), raw[8 + n :]
+    weights = mx.load(str(dst / "model.safetensors"))
     rng = np.random.default_rng(seed)
-    meta, chunks, off = {"__metadata__": header.pop("__metadata__", {})}, [], 0
-    for name, info in header.items():
-        lo, hi = info["data_offsets"]
-        data = body[lo:hi]
-        if ".Wqkv." in name and info["shape"][0] == old_rows:  # a layer that writes K and V
-            info = {"dtype": "F32", "shape": [new_rows, *info["shape"][1:]]}
-            data = rng.normal(0, 0.1, info["shape"]).astype("<f4").tobytes()
-        meta[name] = {**info, "data_offsets": [off, off + len(data)]}
-        chunks.append(data)
-        off += len(data)
-    head = json.dumps(meta).encode()
-    head += b" " * (-len(head) % 8)
-    (dst / "model.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + b"".join(chunks))
+    for name in sorted(weights):
+        w = weights[name]
+        if ".Wqkv." in name and w.shape[0] == old_rows:  # a layer that writes K and V
+            shape = (new_rows, *w.shape[1:])
+            weights[name] = mx.array(rng.normal(0, 0.1, shape).astype(np.float32))
+    mx.save_safetensors(str(dst / "model.safetensors"), weights)
     return dst
 
 
