@@ -271,20 +271,30 @@ class Mamba(nn.Module):
         self.D = mx.ones((d,))
         self.out_proj = nn.Linear(d, H, bias=args.mamba_proj_bias)
 
-    def __call__(self, x, cache=None):
-        """Returns (output, y) where y is the pre-gate scan readout (the GMU memory)."""
+    def __call__(self, x, cache=None, mask=None):
+        """Returns (output, y) where y is the pre-gate scan readout (the GMU memory).
+
+        ``mask`` [b, T] (from the cache's ``make_mask``) marks the real positions of a padded
+        batch: a padded position gets a zero conv input and Δ = 0, so exp(Δ A) = 1 and Δ u B = 0
+        leave the state unchanged in every scan path, and the conv window is read at each row's
+        real end (``cache.lengths``). Outputs at padded positions are don't-cares.
+        """
         b, T, _ = x.shape
         xb, z = mx.split(self.in_proj(x), 2, axis=-1)
         conv_state = cache[0] if cache is not None else None
         if conv_state is None:
             conv_state = mx.zeros((b, self.d_conv - 1, self.d_inner), dtype=xb.dtype)
-        if T == 1 and cache is not None and not self.training:
+        if T == 1 and cache is not None and not self.training and mask is None:
             return self._step(x, xb, z, conv_state, cache)
+        if mask is not None:
+            xb = mx.where(mask[..., None], xb, 0)
         xpad = mx.concatenate([conv_state, xb], axis=1)
         u = nn.silu(self.conv1d(xpad, T)).astype(x.dtype)
         dt, B, C = mx.split(self.x_proj(u), [self.dt_rank, self.dt_rank + self.d_state], axis=-1)
         f32 = mx.float32
         dt = softplus(self.dt_proj(dt).astype(f32))
+        if mask is not None:
+            dt = mx.where(mask[..., None], dt, 0.0)
         state = cache[1] if cache is not None else None
         if state is None:
             state = mx.zeros((b, self.d_inner, self.d_state), dtype=f32)
@@ -300,8 +310,16 @@ class Mamba(nn.Module):
             training=self.training,
         )
         if cache is not None:
-            cache[0] = xpad[:, -(self.d_conv - 1) :]
+            keep = self.d_conv - 1
+            lengths = getattr(cache, "lengths", None)
+            if lengths is None:
+                cache[0] = xpad[:, -keep:]
+            else:  # the K-1 inputs before each row's real end (old state if it has none)
+                ends = mx.clip(lengths, 0, T)
+                cache[0] = mx.take_along_axis(xpad, (ends[:, None] + mx.arange(keep))[..., None], 1)
             cache[1] = state
+            if mask is not None:
+                cache.advance(T)
         out = self.out_proj((y * nn.silu(z.astype(f32))).astype(x.dtype))
         return out, y.astype(x.dtype)
 
@@ -387,6 +405,37 @@ def _combine(o, lam, subln_w, lambda_init: float, eps: float, m: int, g: int):
 
 
 _pair_queries_step = mx.compile(_pair_queries)
+
+
+def attention_mask(cache, T: int, window: int | None):
+    """The mask for T new queries, taken before the cache update.
+
+    Batch caches (``BatchKVCache``, ``BatchRotatingKVCache``) give a boolean mask that hides
+    each row's padded slots; plain caches give None for one token and "causal" (or a windowed
+    array) otherwise, so batch-1 decoding builds no mask at all.
+    """
+    if cache is not None:
+        return cache.make_mask(T, window_size=window, return_array=False)
+    if T == 1:
+        return None
+    if window is not None and T > window:
+        return create_causal_mask(T, 0, window_size=window)
+    return "causal"
+
+
+def ssm_mask(cache, T: int):
+    """[b, T] real positions for the Mamba layers, or None when nothing is padded.
+
+    One-token steps are never padded (mlx-lm right-pads only prompts, and a left padding is
+    used up by the prompt), so they keep the fused step unless ``lengths`` is set.
+    """
+    if cache is None or not hasattr(cache, "make_mask"):
+        return None
+    if T == 1 and cache.lengths is None:
+        return None
+    return cache.make_mask(T)
+
+
 _combine_step = mx.compile(_combine)
 
 
@@ -413,8 +462,12 @@ class DiffAttention(nn.Module):
         self.out_proj = nn.Linear(q_dim, args.hidden_size, bias=True)
         self.inner_cross_attn = DiffLambda(hd, args.layer_norm_eps)
 
-    def __call__(self, x, cache=None, shared_kv=None):
+    def __call__(self, x, cache=None, shared_kv=None, mask="auto"):
+        """``mask`` comes from the cache's ``make_mask`` before the update (the model makes one
+        per layer kind); ``"auto"`` makes it here, from ``cache`` or a plain causal mask."""
         b, T, _ = x.shape
+        if isinstance(mask, str) and mask == "auto":
+            mask = attention_mask(None if self.cross else cache, T, self.window)
         hd, m = self.head_dim, self.n_kv // 2
         g = self.n_heads // self.n_kv
         qkv = self.Wqkv(x)
@@ -432,13 +485,6 @@ class DiffAttention(nn.Module):
         step = T == 1 and not self.training
         q = (_pair_queries_step if step else _pair_queries)(q, m, g, hd)
 
-        S = keys.shape[2]
-        if T == 1:
-            mask = None
-        elif self.window is not None and S > self.window:
-            mask = create_causal_mask(T, S - T, window_size=self.window)
-        else:
-            mask = "causal"
         o = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
 
         ica = self.inner_cross_attn
@@ -480,19 +526,20 @@ class DecoderLayer(nn.Module):
             self.attn = DiffAttention(args, layer_idx, cross=kind == "cross")
         self.mlp = MLP(args)
 
-    def __call__(self, h, cache=None, memory=None, shared_kv=None, hn=None):
+    def __call__(self, h, cache=None, memory=None, shared_kv=None, hn=None, mask="auto"):
         """h is the float32 residual stream; norms see it in the weights' dtype (``hn``, when
-        the previous decode step already made that cast). Returns (h, memory, shared_kv, hn)."""
+        the previous decode step already made that cast). ``mask``: see Mamba/DiffAttention
+        (a Mamba layer reads "auto" as no padding). Returns (h, memory, shared_kv, hn)."""
         norm = self.input_layernorm
         x = norm(h.astype(norm.weight.dtype) if hn is None else hn)
         if self.kind == "gmu":
             o = self.attn(x, memory)
         elif self.kind == "cross":
-            o, _ = self.attn(x, shared_kv=shared_kv)
+            o, _ = self.attn(x, shared_kv=shared_kv, mask=mask)
         elif self.kind in ("mamba", "mamba_mem"):
-            o, memory = self.attn(x, cache)
+            o, memory = self.attn(x, cache, None if isinstance(mask, str) else mask)
         else:
-            o, shared_kv = self.attn(x, cache)
+            o, shared_kv = self.attn(x, cache, mask=mask)
         norm = self.post_attention_layernorm
         if h.shape[1] == 1 and not self.training:
             h, x = _add_norm(h, o, norm.weight, norm.bias, norm.eps)
@@ -511,13 +558,34 @@ class Phi4FlashModel(nn.Module):
         self.final_layernorm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
 
     def __call__(self, inputs, cache=None):
+        """With mlx-lm's batch caches a row may be padded (right in prefill, left after a
+        merge): one mask per layer kind is made from the first cache of that kind before its
+        update; cross layers reuse the global layer's mask with its K/V."""
         h = self.embed_tokens(inputs).astype(mx.float32)
+        T = inputs.shape[1]
         if cache is None:
             cache = [None] * len(self.layers)
         memory = shared_kv = hn = None
+        masks = {}
         for i, layer in enumerate(self.layers):
             c = cache[i] if i < len(cache) else None
-            h, memory, shared_kv, hn = layer(h, c, memory, shared_kv, hn)
+            kind = layer.kind
+            if kind in ("mamba", "mamba_mem"):
+                key = "ssm"
+            elif kind in ("swa", "attn"):
+                key = layer.attn.window
+            else:
+                key = "shared" if kind == "cross" else "none"
+            if key not in masks:
+                if key == "ssm":
+                    masks[key] = ssm_mask(c, T)
+                elif key in ("none", "shared"):
+                    masks[key] = None
+                else:
+                    masks[key] = attention_mask(c, T, key)
+            if kind == "attn":
+                masks["shared"] = masks[key]
+            h, memory, shared_kv, hn = layer(h, c, memory, shared_kv, hn, masks[key])
         norm = self.final_layernorm
         return norm(h.astype(norm.weight.dtype) if hn is None else hn)
 
@@ -540,6 +608,11 @@ class Model(nn.Module):
     @property
     def layers(self):
         return self.model.layers
+
+    @property
+    def cast_predicate(self):
+        """mlx-lm's `convert --dtype` hook: False keeps a parameter float32 (keeps_fp32)."""
+        return lambda k: not keeps_fp32(k)
 
     def make_cache(self):
         """One cache per self-decoder layer and the global layer; GMU/cross layers own none."""
