@@ -5,14 +5,16 @@ from __future__ import annotations
 import importlib
 import sys
 
+from phiflash.console import run_main
+
 COMMANDS = {
-    "generate": ("phiflash_mlx.generate", "generate text (mlx_lm.generate's flags; .gguf too)"),
+    "generate": ("phiflash.commands.generate", "generate text (mlx_lm.generate's flags)"),
     "chat": ("phiflash.tui.app", "the terminal math tutor (Textual)"),
     "convert": ("phiflash.quantize.convert", "HF checkpoint -> MLX dir (bf16, 8/4-bit)"),
     "convert-gguf": ("phiflash.quantize.gguf_convert", "HF checkpoint -> GGUF file"),
     "eval-quant": ("phiflash.quantize.fidelity", "KL / top-1 / perplexity vs a reference"),
-    "eval-math": ("phiflash.evalmath", "accuracy on the held-out math problems"),
-    "cache-prompt": ("phiflash_mlx.cache_prompt", "save a prompt cache for reuse"),
+    "eval-math": ("phiflash.commands.eval_math", "accuracy on the held-out math problems"),
+    "cache-prompt": ("phiflash.commands.cache_prompt", "save a prompt cache for reuse"),
     "train": ("phiflash_mlx.train", "train a SambaY model from scratch (the tutor)"),
 }
 
@@ -42,20 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     return run_main(module.main, rest)
-
-
-def run_main(fn, argv) -> int:
-    """Run a command's main; a PhiflashError becomes one line on stderr and exit 1."""
-    from phiflash.errors import PhiflashError
-
-    try:
-        return int(fn(argv) or 0)
-    except PhiflashError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -1,8 +1,22 @@
 """The one engine protocol that the chat and the CLI consume.
 
-Both engines (MLX in ``phiflash_mlx``, GGUF in ``phiflash_gguf``) implement :class:`Engine`.
-``open_engine`` picks one from the model path: a ``.gguf`` file goes to the GGUF engine,
-anything else (a Hugging Face or MLX model directory, or a hub name) to the MLX engine.
+Both engines (MLX in ``phiflash_mlx``, GGUF in ``phiflash_gguf``) implement :class:`Engine`;
+:func:`phiflash.engines.open_engine` picks one for a ``--model``. This module is the core
+layer: it imports no engine.
+
+Limits, each named once:
+
+- :data:`DEFAULT_MAX_TOKENS`: new tokens per reply unless a caller asks otherwise (both
+  engines, every command). ``-1`` means "until the context is full", as in mlx_lm.
+- the model's own context: the checkpoint's ``max_position_embeddings`` (262144 in the real
+  config; the model card supports 64K) or the GGUF's ``sambay.context_length``;
+- the context an engine allocates (``Engine.context_limit``): the MLX engine grows its cache
+  up to the model's own context; the GGUF engine allocates ``phiflash_gguf.engine.DEFAULT_N_CTX``
+  cells at most.
+
+One overflow rule (:func:`check_context`): a prompt whose tokens plus ``max_tokens`` do not fit
+``context_limit`` is refused before any work, with a :class:`ContextLengthError` that says by
+how much; ``max_tokens`` is never lowered silently.
 """
 
 from __future__ import annotations
@@ -11,6 +25,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from phiflash.errors import ContextLengthError
 
 # Model card defaults (temperature 0.6, top-p 0.95).
 DEFAULT_TEMP = 0.6
@@ -172,21 +188,14 @@ class FakeEngine:
         self._cached = n_prompt + len(pieces)
 
 
-def open_engine(model: str | None = None, engine: str | None = None, **kwargs) -> Engine:
-    """Open the engine for ``model`` (default: the bundled tutor model).
-
-    ``engine`` forces "mlx" or "gguf"; otherwise a path ending in ``.gguf`` selects GGUF.
-    """
-    from phiflash.paths import resolve_model
-
-    path = resolve_model(model)
-    kind = engine or ("gguf" if str(path).endswith(".gguf") else "mlx")
-    if kind == "gguf":
-        from phiflash_gguf.engine import GGUFEngine
-
-        return GGUFEngine(str(path), **kwargs)
-    if kind == "mlx":
-        from phiflash_mlx.engine import MLXEngine
-
-        return MLXEngine(str(path), **kwargs)
-    raise ValueError(f"unknown engine {kind!r} (choose mlx or gguf)")
+def check_context(n_prompt: int, max_tokens: int, limit: int) -> None:
+    """The overflow rule shared by both engines (see the module docstring)."""
+    if n_prompt >= limit:
+        raise ContextLengthError(
+            f"prompt is {n_prompt} tokens; the model's context is {limit} tokens"
+        )
+    if max_tokens > 0 and n_prompt + max_tokens > limit:
+        raise ContextLengthError(
+            f"prompt ({n_prompt} tokens) + max tokens ({max_tokens}) exceeds the model's "
+            f"context of {limit} tokens; lower --max-tokens"
+        )

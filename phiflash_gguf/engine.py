@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import codecs
 import os
-import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from phiflash.engine import Chunk, GenerationParams, Message
+from phiflash.engine import Chunk, GenerationParams, Message, check_context
 from phiflash.errors import ContextLengthError, ModelLoadError, WrongArchitectureError
 
 ARCH = "sambay"
+# The context this engine allocates (KV cells for the one global layer), at most the model's
+# own (the GGUF's sambay.context_length); the cache grows no further.
 DEFAULT_N_CTX = 32768
 
 
@@ -73,7 +75,13 @@ def read_header(path: str | os.PathLike) -> dict:
 
 
 def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+    """This process's peak resident memory in GB; 0.0 where Python cannot read it (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9
 
 
 class GGUFEngine:
@@ -183,10 +191,7 @@ class GGUFEngine:
     def _generate(self, ids, params, should_stop, reuse: bool) -> Iterator[Chunk]:
         if not ids:
             raise ContextLengthError("empty prompt")
-        if len(ids) + 1 > self.context_limit:
-            raise ContextLengthError(
-                f"prompt of {len(ids)} tokens does not fit the context of {self.context_limit}"
-            )
+        check_context(len(ids), params.max_tokens, self.context_limit)
         return self._run(ids, params, should_stop, reuse)
 
     def _run(self, ids, params, should_stop, reuse) -> Iterator[Chunk]:
@@ -200,7 +205,8 @@ class GGUFEngine:
         sampler = self._sampler(params)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         n_prompt = len(ids)
-        max_tokens = max(1, min(params.max_tokens, self.context_limit - len(ids)))
+        room = self.context_limit - len(ids)
+        max_tokens = params.max_tokens if params.max_tokens > 0 else room  # -1: until full
         try:
             t0 = time.perf_counter()
             llm.eval(new)

@@ -1,11 +1,56 @@
-"""`phiflash cache-prompt`: process a prompt once and save the cache (mlx-lm's format)."""
+"""Prompt caches in mlx-lm's file format: writing one (`phiflash cache-prompt`) and reading it.
+
+A file holds the cache of every layer and, in its metadata, the prompt's token ids
+(``phiflash_tokens``), so a later prompt can be checked to continue it: a Mamba state cannot
+be rewound, so only a prompt that extends the cached one may reuse it.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from phiflash.errors import PromptCacheError
+
+
+@dataclass
+class PromptCacheFile:
+    """A prompt cache read once from disk; :meth:`fresh_cache` hands out a private copy.
+
+    Caches are updated in place while generating, so every reuse starts from a copy.
+    """
+
+    path: str
+    tokens: list[int]
+    metadata: dict
+    _layers: list  # (cache class, state) per layer
+
+    def fresh_cache(self) -> list:
+        import mlx.core as mx
+        from mlx.utils import tree_map
+
+        def copy(x):
+            return mx.array(x) if isinstance(x, mx.array) else x
+
+        return [cls.from_state(tree_map(copy, state)) for cls, state in self._layers]
+
+
+def read_prompt_cache(path: str) -> PromptCacheFile:
+    """Read a file written by `phiflash cache-prompt`, or raise one clear PromptCacheError."""
+    from mlx_lm.models.cache import load_prompt_cache
+
+    if not Path(path).is_file():
+        raise PromptCacheError(f"prompt cache file not found: {path}")
+    try:
+        cache, meta = load_prompt_cache(path, return_metadata=True)
+    except Exception as e:
+        raise PromptCacheError(f"{path} is not a prompt cache ({e})") from e
+    if "phiflash_tokens" not in meta:
+        raise PromptCacheError(f"{path} was not made by `phiflash cache-prompt`")
+    layers = [(type(c), c.state) for c in cache]
+    return PromptCacheFile(str(path), json.loads(meta["phiflash_tokens"]), dict(meta), layers)
 
 
 def cache_prompt(
@@ -14,6 +59,7 @@ def cache_prompt(
     out_file: str,
     system_prompt: str | None = None,
     chat_template: bool = True,
+    prefill_step_size: int = 2048,
 ) -> dict:
     """Run the prompt through the model and save its cache with the prompt's token ids.
 
@@ -24,27 +70,27 @@ def cache_prompt(
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache, save_prompt_cache
 
-    from phiflash_mlx.engine import MLXEngine
+    from phiflash_mlx.load import load_model, load_tokenizer
 
-    engine = MLXEngine(model_path)
+    model, config = load_model(model_path)
+    tokenizer = load_tokenizer(model_path, config)
     if chat_template:
         # The new question is appended to this user message after a blank line, which keeps
         # the token boundary stable (BPE never merges across the newlines).
         prompt = prompt + "\n\n"
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        text = engine.tokenizer.apply_chat_template(
+        text = tokenizer.apply_chat_template(
             messages + [{"role": "user", "content": prompt}],
             tokenize=False,
             add_generation_prompt=False,
         ).rsplit("<|end|>", 1)[0]
     else:
         text = prompt
-    tokens = engine.encode(text)
-    cache = make_prompt_cache(engine.model)
+    tokens = tokenizer.encode(text, add_special_tokens=False)
+    cache = make_prompt_cache(model)
     t0 = time.perf_counter()
-    step = engine.prefill_step_size
-    for s in range(0, len(tokens), step):
-        engine.model(mx.array(tokens[s : s + step])[None], cache=cache)
+    for s in range(0, len(tokens), prefill_step_size):
+        model(mx.array(tokens[s : s + prefill_step_size])[None], cache=cache)
         mx.eval([c.state for c in cache])
     secs = time.perf_counter() - t0
     meta = {
@@ -56,33 +102,3 @@ def cache_prompt(
     }
     save_prompt_cache(out_file, cache, meta)
     return {"tokens": len(tokens), "seconds": secs, "file": out_file}
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="phiflash cache-prompt",
-        description="Pre-process a prompt and save the model state, like mlx_lm.cache_prompt. "
-        "Reuse it with `phiflash generate --prompt-cache-file FILE --prompt REST`, where the "
-        "new prompt continues the cached one (a Mamba state cannot be rewound).",
-    )
-    p.add_argument("--model", default=None, help="model dir (default: the bundled model)")
-    p.add_argument("--prompt", "-p", required=True, help="prompt to cache ('-' = stdin)")
-    p.add_argument("--system-prompt", default=None)
-    p.add_argument("--ignore-chat-template", action="store_true")
-    p.add_argument("--prompt-cache-file", required=True, help="output .safetensors file")
-    args = p.parse_args(argv)
-    from phiflash.paths import resolve_model
-
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    r = cache_prompt(
-        resolve_model(args.model),
-        prompt,
-        args.prompt_cache_file,
-        args.system_prompt,
-        not args.ignore_chat_template,
-    )
-    print(
-        f"Saved {r['tokens']} prompt tokens to {r['file']} "
-        f"({r['tokens'] / max(r['seconds'], 1e-9):.1f} tokens-per-sec)"
-    )
-    return 0

@@ -1,13 +1,12 @@
-"""The MLX engine behind DESIGN.md's engine protocol."""
+"""The MLX engine behind the engine protocol (:mod:`phiflash.engine`)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
-from phiflash.engine import Chunk, GenerationParams, Message
+from phiflash.engine import Chunk, GenerationParams, Message, check_context
 from phiflash.errors import PromptCacheError
+from phiflash_mlx.cache_prompt import PromptCacheFile
 
 
 def describe_quantization(config: dict, model=None) -> str:
@@ -31,7 +30,7 @@ class MLXEngine:
         self,
         model_path: str,
         dtype=None,
-        prompt_cache_file: str | None = None,
+        prompt_cache: PromptCacheFile | None = None,
         prefill_step_size: int = 2048,
     ):
         from phiflash import blas
@@ -41,14 +40,14 @@ class MLXEngine:
         self.tokenizer = load_tokenizer(model_path, self.config)
         self.model_path = str(model_path)
         self.quantization = describe_quantization(self.config, self.model)
-        self.context_limit = int(self.config.get("max_position_embeddings", 65536))
+        # the model's own context (the config's max_position_embeddings); the MLX caches grow
+        # as needed, so the engine allocates no fixed context
+        self.context_limit = int(self.model.args.max_position_embeddings)
         self.prefill_step_size = prefill_step_size
         self.backend_note = f"CPU BLAS: {blas.status}"
         self._cache = None
         self._tokens: list[int] = []
-        self._pinned = prompt_cache_file
-        if prompt_cache_file:
-            load_prompt_cache_file(prompt_cache_file)  # fail early on a bad file
+        self._pinned = prompt_cache
 
     # -- protocol ---------------------------------------------------------------------------
     def apply_chat_template(self, messages: list[Message]) -> str:
@@ -83,14 +82,13 @@ class MLXEngine:
         if self._cache is not None and n < len(tokens) and tokens[:n] == self._tokens:
             return tokens[n:]
         if self._pinned is not None:
-            # Re-read the file each time: caches are updated in place while generating.
-            cache, cached = load_prompt_cache_file(self._pinned)
+            cached = self._pinned.tokens
             if len(cached) >= len(tokens) or tokens[: len(cached)] != cached:
                 raise PromptCacheError(
                     "the prompt cache was made for a prompt that is not a prefix of this one; "
                     "a Mamba state cannot be rewound, so it cannot be reused here"
                 )
-            self._cache, self._tokens = cache, list(cached)
+            self._cache, self._tokens = self._pinned.fresh_cache(), list(cached)
             return tokens[len(cached) :]
         self._cache, self._tokens = make_prompt_cache(self.model), []
         return tokens
@@ -100,7 +98,7 @@ class MLXEngine:
     ) -> Iterator[Chunk]:
         import mlx.core as mx
 
-        from phiflash_mlx.generate import check_context, stream_generate
+        from phiflash_mlx.generate import stream_generate
 
         check_context(len(tokens), params.max_tokens, self.context_limit)
         new = self._prepare(tokens)
@@ -142,28 +140,3 @@ class MLXEngine:
                 yield chunk
         finally:
             gen.close()
-
-
-def _read_prompt_cache(path: str):
-    """(cache, metadata) of a file written by `phiflash cache-prompt`, or one clear error."""
-    from mlx_lm.models.cache import load_prompt_cache
-
-    if not Path(path).is_file():
-        raise PromptCacheError(f"prompt cache file not found: {path}")
-    try:
-        cache, meta = load_prompt_cache(path, return_metadata=True)
-    except Exception as e:
-        raise PromptCacheError(f"{path} is not a prompt cache ({e})") from e
-    if "phiflash_tokens" not in meta:
-        raise PromptCacheError(f"{path} was not made by `phiflash cache-prompt`")
-    return cache, meta
-
-
-def prompt_cache_metadata(path: str) -> dict:
-    return _read_prompt_cache(path)[1]
-
-
-def load_prompt_cache_file(path: str):
-    """(cache, token ids) of a file written by `phiflash cache-prompt`."""
-    cache, meta = _read_prompt_cache(path)
-    return cache, json.loads(meta["phiflash_tokens"])

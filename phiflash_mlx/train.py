@@ -2,8 +2,8 @@
 
 The model is the inference :class:`phiflash_mlx.model.Model` itself (in training mode the
 selective scan runs through the differentiable chunked scan). Data comes from
-:mod:`phiflash.tutor_data` (train split only), tokenized with a tutor tokenizer dir
-(:mod:`phiflash.tutor_tokenizer`); the loss covers only the assistant's tokens (its reply and
+:mod:`phiflash.tutor.data` (train split only), tokenized with a tutor tokenizer dir
+(:mod:`phiflash.tutor.tokenizer`); the loss covers only the assistant's tokens (its reply and
 the closing ``<|end|>``). AdamW with linear warm-up and cosine decay, global-norm gradient
 clipping, fp32 master weights (bf16 optional), checkpoints with optimizer state for
 ``--resume``, periodic held-out evaluation (teacher-forced exact match, which equals greedy
@@ -41,7 +41,7 @@ import mlx.optimizers as optim  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
 
-from phiflash.tutor_data import KINDS, kinds_arg  # noqa: E402
+from phiflash.tutor.data import KINDS, kinds_arg  # noqa: E402
 from phiflash_mlx.load import TOKENIZER_FILES  # noqa: E402
 from phiflash_mlx.model import Model, ModelArgs, keeps_fp32  # noqa: E402
 
@@ -227,7 +227,7 @@ def export(
     ``model.safetensors`` holds the real tensor names (no lm_head: tied embeddings) in
     ``dtype`` except ``A_log`` and ``lambda_*``, which stay float32 like the real checkpoint.
     """
-    from phiflash.tutor_tokenizer import generation_config, special_token_ids
+    from phiflash.tutor.tokenizer import generation_config, special_token_ids
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -269,7 +269,7 @@ class Encoder:
         self.end = self.tok.token_to_id("<|end|>")
 
     def encode(self, examples: list[dict]) -> list[tuple[np.ndarray, int]]:
-        from phiflash.tutor_data import prompt_messages, render
+        from phiflash.tutor.data import prompt_messages, render
 
         prompts = [render(prompt_messages(ex), add_generation_prompt=True) for ex in examples]
         replies = [ex["messages"][-1]["content"] + "<|end|>" for ex in examples]
@@ -286,7 +286,7 @@ class Encoder:
         return out
 
     def encode_prompts(self, examples: list[dict]) -> list[list[int]]:
-        from phiflash.tutor_data import prompt_messages, render
+        from phiflash.tutor.data import prompt_messages, render
 
         prompts = [render(prompt_messages(ex), add_generation_prompt=True) for ex in examples]
         return [e.ids for e in self.tok.encode_batch(prompts, add_special_tokens=False)]
@@ -325,7 +325,7 @@ def _chunk_seed(seed: int, chunk: int) -> int:
 
 def build_chunk(cfg: TrainConfig, chunk: int):
     """All batches of data chunk ``chunk`` (deterministic in (seed, chunk, kinds))."""
-    from phiflash.tutor_data import dataset
+    from phiflash.tutor.data import dataset
 
     seed, batch_size, max_len = cfg.seed, cfg.batch_size, cfg.max_len
     enc = Encoder(cfg.tokenizer)
@@ -463,7 +463,7 @@ def greedy_eval(model: Model, tokenizer_dir, problems: list[dict], batch_size: i
     """Greedy accuracy (answer from the last \\boxed{}, compared like eval-math)."""
     from tokenizers import Tokenizer
 
-    from phiflash.mathcheck import answers_equal, extract_boxed
+    from phiflash.tutor.answers import answers_equal, extract_boxed
 
     enc = Encoder(tokenizer_dir)
     tok: Tokenizer = enc.tok
@@ -542,7 +542,7 @@ def train(cfg: TrainConfig) -> dict:
     """Train (or resume) and export. Returns dict(step, loss, eval, export_dir, seconds)."""
     from tqdm import tqdm
 
-    from phiflash.tutor_data import dataset
+    from phiflash.tutor.data import dataset
 
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)

@@ -12,25 +12,21 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path, tree_unflatten
-from phiflash.quantize.recipes import MODE, RECIPES, recipe_predicate, uniform_predicate
 
-from phiflash.errors import PhiflashError
-from phiflash_mlx.load import TOKENIZER_FILES
+from phiflash.checkpoint import TOKENIZER_FILES
+from phiflash.errors import ConversionError, PhiflashError
+from phiflash.quantize import outputs
+from phiflash.quantize.recipes import MODE, RECIPES, recipe_predicate, uniform_predicate
 from phiflash_mlx.model import keeps_fp32
 
 MAX_SHARD_BYTES = 5 << 30
 DTYPES = ("float16", "bfloat16", "float32")
-
-
-class ConvertError(PhiflashError):
-    """A conversion cannot be done (bad flags, existing output, write failure)."""
 
 
 def quantize_model(model: nn.Module, q_bits: int, q_group_size: int, recipe=None, progress=False):
@@ -153,6 +149,14 @@ def output_config(config: dict, quantization: dict | None, dtype: str | None) ->
     return dict(sorted(config.items()))
 
 
+# What tokenizer_config.json's tokenizer_class says decides how transformers builds the
+# tokenizer: "GPT2Tokenizer" (the real checkpoint's) makes transformers 5 rebuild it from
+# vocab/merges with GPT-2's split rule, ignoring tokenizer.json's pre-tokenizer, so stock mlx-lm
+# would split `<think>`, `-x`, `x.\ny` differently from us. The fast class reads tokenizer.json
+# as phiflash does, in transformers 4 and 5 alike.
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
 def copy_support_files(src: Path, out: Path) -> None:
     import phiflash_mlx.model
 
@@ -160,10 +164,14 @@ def copy_support_files(src: Path, out: Path) -> None:
         f = src / name
         if not f.is_file():
             continue
-        tc = json.loads(f.read_text()) if name == "tokenizer_config.json" else {}
-        if "auto_map" in tc:
-            # Same reason as config.json: an auto_map here would send AutoTokenizer to the hub.
-            del tc["auto_map"]
+        if name == "tokenizer_config.json":
+            try:
+                tc = json.loads(f.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ConversionError(f"{f} is not valid JSON ({e})") from None
+            # auto_map: same reason as config.json (it would send AutoTokenizer to the hub)
+            tc.pop("auto_map", None)
+            tc["tokenizer_class"] = TOKENIZER_CLASS
             (out / name).write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n")
         else:
             shutil.copyfile(f, out / name)
@@ -208,28 +216,38 @@ def convert(
     t0 = time.perf_counter()
     quantize = quantize or bool(quant_recipe)
     if quantize and dequantize:
-        raise ConvertError("choose either --quantize or --dequantize, not both")
+        raise ConversionError("choose either --quantize or --dequantize, not both")
     if quant_recipe and quant_recipe not in RECIPES:
-        raise ConvertError(f"unknown --quant-recipe {quant_recipe!r} (known: {', '.join(RECIPES)})")
+        raise ConversionError(
+            f"unknown --quant-recipe {quant_recipe!r} (known: {', '.join(RECIPES)})"
+        )
     if quantize and q_bits not in (4, 8):
-        raise ConvertError(f"--q-bits must be 4 or 8, not {q_bits}")
+        raise ConversionError(f"--q-bits must be 4 or 8, not {q_bits}")
     if quantize and q_group_size not in (32, 64, 128):
-        raise ConvertError(f"--q-group-size must be 32, 64 or 128, not {q_group_size}")
+        raise ConversionError(f"--q-group-size must be 32, 64 or 128, not {q_group_size}")
     if dtype is not None and dtype not in DTYPES:
-        raise ConvertError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-    out = Path(mlx_path).expanduser()
+        raise ConversionError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    out = Path(os.path.abspath(Path(mlx_path).expanduser()))
     if out.exists() and not force:
-        raise ConvertError(f"{out} already exists; pass --force to replace it")
+        raise ConversionError(f"{out} already exists; pass --force to replace it")
     src = resolve_model(hf_path)
     if out.exists() and out.resolve() == Path(src).resolve():
-        raise ConvertError(f"the output {out} is the input; choose another --mlx-path")
+        raise ConversionError(f"the output {out} is the input; choose another --mlx-path")
+    if Path(src).resolve() in out.resolve().parents:
+        raise ConversionError(f"the output {out} is inside the input; choose another --mlx-path")
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"{out} is a file; --mlx-path names the output folder")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    outputs.check_writable_folder(parent)
 
     model, config = load_model(src, lazy=True)
     was_quantized = bool(config.get("quantization"))
     if quantize and was_quantized:
-        raise ConvertError(f"{src} is already quantized; convert the original checkpoint")
+        raise ConversionError(f"{src} is already quantized; convert the original checkpoint")
     if dequantize and not was_quantized:
-        raise ConvertError(f"--dequantize: {src} is not quantized")
+        raise ConversionError(f"--dequantize: {src} is not quantized")
     if dequantize:
         _dequantize(model)
     if dtype:
@@ -241,28 +259,29 @@ def convert(
         quantization = config["quantization"]
     bpw = bits_per_weight(model)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary dir
+    tmp, old = outputs.temp_path(out), outputs.temp_path(out, "old")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        outputs.remove_stale(out.parent)
+        tmp.mkdir()  # an ordinary dir (0777 less the umask), like the output should be
         files = save_weights(tmp, model, progress, max_shard_bytes)
         cfg = output_config(config, quantization, dtype)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=4) + "\n")
         copy_support_files(Path(src), tmp)
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.rename(old / out.name)
+            out.rename(old)
             tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
+            outputs.remove(old)
         else:
             tmp.rename(out)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, (PhiflashError, KeyboardInterrupt)):
-            raise
-        raise ConvertError(f"conversion failed while writing {out}: {e}") from e
+    except OSError as e:
+        raise ConversionError(f"cannot write {out}: {e.strerror or e}") from None
+    except (PhiflashError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        raise ConversionError(f"conversion failed while writing {out}: {e}") from e
+    finally:
+        outputs.remove(tmp)
     return {
         "path": str(out),
         "quantization": quantization,
@@ -340,6 +359,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from phiflash.cli import run_main
+    from phiflash.console import run_main
 
     sys.exit(run_main(main, sys.argv[1:]))

@@ -163,6 +163,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from phiflash.cli import run_main
+    from phiflash.console import run_main
 
     sys.exit(run_main(main, sys.argv[1:]))

@@ -1,6 +1,6 @@
 import pytest
 
-from phiflash.mathcheck import (
+from phiflash.tutor.answers import (
     answers_equal,
     extract_boxed,
     normalize_answer,
@@ -130,7 +130,7 @@ def test_score_reply():
 
 
 def test_generated_answers_match_their_boxes():
-    from phiflash.tutor_data import dataset
+    from phiflash.tutor.data import dataset
 
     for ex in dataset("train", 300, seed=3):
         reply = ex["messages"][-1]["content"]

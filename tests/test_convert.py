@@ -11,10 +11,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from conftest import TINY
-from phiflash.quantize import convert as conv
-from phiflash.quantize.fidelity import compare_logits
 
 from phiflash.cli import main as cli_main
+from phiflash.quantize import convert as conv
+from phiflash.quantize.fidelity import compare_logits
 from phiflash_mlx.load import load_model
 from phiflash_mlx.model import keeps_fp32
 
@@ -147,11 +147,10 @@ def test_bundled_tutor_model_quantization_fidelity(tmp_path):
     trained tutor model over 512 tokens of held-out dialogues. Float32 compute isolates the
     weights' error (measured: 8-bit 100%, 4-bit 98.8%; with bf16 compute on both sides, where
     activation rounding adds to it, `phiflash eval-quant` measures 99.0% / 98.2%)."""
+    from phiflash.paths import DEFAULT_MODEL_DIR
     from phiflash.quantize.convert import convert
     from phiflash.quantize.fidelity import evaluate
-
-    from phiflash.paths import DEFAULT_MODEL_DIR
-    from phiflash.tutor_data import texts
+    from phiflash.tutor.data import texts
 
     text = "".join(texts("test", 12))
     r = {}

@@ -3,10 +3,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from phiflash import evalmath
+from phiflash.commands import eval_math
 from phiflash.engine import FakeEngine, GenerationParams
-from phiflash.evalmath import evaluate, format_table, greedy_params
-from phiflash.tutor_data import KINDS, dataset
+from phiflash.tutor.data import KINDS, dataset
+from phiflash.tutor.evalmath import evaluate, format_table, greedy_params
 
 
 @dataclass
@@ -85,7 +85,7 @@ def test_main_cli(tmp_path, capsys, monkeypatch):
     problems = dataset("test", 12)
     eng = _oracle(problems, wrong_kinds=("mul",))
     out = tmp_path / "r.json"
-    rc = evalmath.main(["--n", "12", "--json", str(out), "--no-progress"], engine=eng)
+    rc = eval_math.main(["--n", "12", "--json", str(out), "--no-progress"], engine=eng)
     assert rc == 0
     text = capsys.readouterr().out
     assert "linear" in text and "all" in text and "83.3%" in text
@@ -103,8 +103,8 @@ def test_main_opens_engine(monkeypatch, capsys):
         calls.append((model, engine))
         return eng
 
-    monkeypatch.setattr("phiflash.engine.open_engine", fake_open)
-    rc = evalmath.main(
+    monkeypatch.setattr("phiflash.engines.open_engine", fake_open)
+    rc = eval_math.main(
         ["--model", "m", "--engine", "gguf", "--n", "4", "--kinds", "add,linear", "--no-progress"]
     )
     assert rc == 0 and calls == [("m", "gguf")]
@@ -115,6 +115,6 @@ def test_cli_dispatch(monkeypatch):
     from phiflash import cli
 
     seen = []
-    monkeypatch.setattr(evalmath, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setattr(eval_math, "main", lambda argv: seen.append(argv) or 0)
     assert cli.main(["eval-math", "--n", "3"]) == 0
     assert seen == [["--n", "3"]]

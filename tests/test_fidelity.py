@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 from conftest import TINY
-from phiflash.quantize import convert as conv
-from phiflash.quantize import fidelity
 
 from phiflash.cli import main as cli_main
+from phiflash.quantize import convert as conv
+from phiflash.quantize import fidelity
 
 
 @pytest.fixture(scope="module")

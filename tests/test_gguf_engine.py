@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from phiflash.quantize.gguf_convert import convert
 
 from phiflash.engine import Chunk, Engine, GenerationParams
+from phiflash.quantize.gguf_convert import convert
 from phiflash_gguf.engine import GGUFEngine
 
 TINY = Path(__file__).parent / "fixtures" / "sambay-tiny"

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from phiflash.quantize.gguf_convert import convert
 
 from phiflash.errors import ModelLoadError, WrongArchitectureError
+from phiflash.quantize.gguf_convert import convert
 from phiflash_gguf.engine import GGUFEngine, read_header
 
 TINY = Path(__file__).parent / "fixtures" / "sambay-tiny"
@@ -94,7 +94,7 @@ def test_convert_cli_errors(tmp_path):
     out = tmp_path / "o.gguf"
     _one_line_error(
         _cli("convert-gguf", "--hf-path", str(tmp_path / "missing"), "--outfile", str(out)),
-        "no such checkpoint",
+        "not found",
     )
 
     phi3 = tmp_path / "phi3"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from phiflash.quantize.gguf_convert import convert
 
+from phiflash.quantize.gguf_convert import convert
 from phiflash_gguf.build import ensure_llama_cpp
 
 TINY = Path(__file__).parent / "fixtures" / "sambay-tiny"
@@ -221,10 +221,9 @@ def test_decode_op_matches_attention_ops_over_long_context(lc, ggufs, f32_cache,
 def test_bundled_tutor_model_q8_0_and_q4_0_agree_with_f32(lc, tmp_path):
     """The issue's Q8_0 bar (top-1 agreement with F32 >= 98%) on a trained model, whose logits
     are not near-tied like the random fixture's: 512 tokens of held-out tutoring dialogues."""
-    from phiflash.quantize.fidelity import compare_logits
-
     from phiflash.paths import DEFAULT_MODEL_DIR
-    from phiflash.tutor_data import texts
+    from phiflash.quantize.fidelity import compare_logits
+    from phiflash.tutor.data import texts
     from phiflash_gguf.engine import position_logits
     from phiflash_mlx.load import load_tokenizer
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from conftest import TINY
-from phiflash.quantize.gguf_convert import convert
 
+from phiflash.quantize.gguf_convert import convert
 from phiflash_gguf.stock import ensure_stock_lib
 
 PROBE = r"""

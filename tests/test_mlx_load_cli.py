@@ -201,7 +201,7 @@ def test_module_entry_point():
         [
             sys.executable,
             "-m",
-            "phiflash_mlx.generate",
+            "phiflash.commands.generate",
             "--model",
             str(TINY),
             "--prompt",

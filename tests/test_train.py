@@ -56,7 +56,7 @@ def _cpu():
 
 
 def test_batches_mask_only_assistant_tokens():
-    from phiflash.tutor_data import dataset
+    from phiflash.tutor.data import dataset
 
     enc = T.Encoder(T.DEFAULT_TOKENIZER)
     ex = dataset("train", 3, 5)
@@ -152,7 +152,7 @@ def test_cli_parser_defaults():
 
 
 def test_kinds_mix_drives_the_training_data(tmp_path):
-    from phiflash.tutor_data import KINDS
+    from phiflash.tutor.data import KINDS
 
     assert T._parser().parse_args([]).kinds == KINDS
     a = T._parser().parse_args(["--kinds", "percent,percent,linear"])

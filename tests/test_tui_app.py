@@ -7,12 +7,12 @@ import functools
 import threading
 
 import pytest
-from phiflash.tui.app import make_app, parse_args
-from phiflash.tui.history import HistoryStore
-from phiflash.tui.widgets.message import AssistantMessage, ErrorMessage, UserMessage
 
 from phiflash.engine import Chunk, FakeEngine
 from phiflash.errors import ContextLengthError, ModelLoadError
+from phiflash.tui.app import make_app, parse_args
+from phiflash.tui.history import HistoryStore
+from phiflash.tui.widgets.message import AssistantMessage, ErrorMessage, UserMessage
 
 REPLY = FakeEngine.reply  # "<think>Add the ones: 2 + 3 = 5.</think>The answer is $\boxed{5}$."
 

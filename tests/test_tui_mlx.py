@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from phiflash.engines import open_engine
 from phiflash.tui.app import make_app
 from phiflash.tui.history import HistoryStore
 from phiflash.tui.widgets.message import AssistantMessage
-
-from phiflash.engine import open_engine
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sambay-tiny"
 

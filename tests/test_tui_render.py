@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from phiflash.tui.conversation import Conversation, Turn, split_think
 from phiflash.tui.history import HistoryStore, export_markdown
-from phiflash.tui.mathrender import MathStream, last_boxed, latex_to_unicode, render_markdown
+from phiflash.tui.mathrender import MathStream, latex_to_unicode, render_markdown
+from phiflash.tutor.answers import extract_boxed
 
 
 def test_latex_to_unicode():
@@ -32,8 +33,8 @@ def test_math_stream_matches_whole_render_for_any_split():
         assert out + stream.flush() == render_markdown(text)
 
 
-def test_last_boxed_and_split_think():
-    assert last_boxed(r"\boxed{1} then \boxed{\frac{1}{2}}") == r"\frac{1}{2}"
+def test_extract_boxed_and_split_think():
+    assert extract_boxed(r"\boxed{1} then \boxed{\frac{1}{2}}") == r"\frac{1}{2}"
     s = split_think("<think>abc</thi")
     assert s.thinking and s.think == "abc" and s.answer == ""
     s = split_think("<think>abc</think>\nAnswer")

@@ -9,10 +9,10 @@ import os
 import time
 
 import pytest
-from phiflash.tui.app import DEMO_REPLY, make_app
-from phiflash.tui.history import HistoryStore
 
 from phiflash.engine import Chunk, FakeEngine
+from phiflash.tui.app import DEMO_REPLY, make_app
+from phiflash.tui.history import HistoryStore
 
 SIZE = (100, 36)
 

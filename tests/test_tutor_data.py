@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from phiflash.tutor_data import (
+from phiflash.tutor.data import (
     KINDS,
     dataset,
     make_example,
@@ -173,7 +173,7 @@ def test_bad_arguments():
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
-    from phiflash.tutor_tokenizer import build_tokenizer
+    from phiflash.tutor.tokenizer import build_tokenizer
 
     out = tmp_path_factory.mktemp("tutor_tok")
     build_tokenizer(out, texts("train", 3000, seed=11), vocab_size=2048)
@@ -181,7 +181,7 @@ def tok_dir(tmp_path_factory):
 
 
 def test_tokenizer_files_and_specials(tok_dir):
-    from phiflash.tutor_tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
+    from phiflash.tutor.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
 
     for name in (
         "tokenizer.json",

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from phiflash.evalmath import greedy_params, solve
-from phiflash.mathcheck import answers_equal, extract_boxed
 from phiflash.paths import DEFAULT_MODEL_DIR
-from phiflash.tutor_data import dataset, prompt_messages, split_of
+from phiflash.tutor.answers import answers_equal, extract_boxed
+from phiflash.tutor.data import dataset, prompt_messages, split_of
+from phiflash.tutor.evalmath import greedy_params, solve
 
 # Indices into dataset("test", 60), the start of the held-out set eval-math uses: one problem
 # of each kind that the committed model solves greedily (it solves 92% of the first 500 held-out
@@ -18,7 +18,7 @@ FIXED = (0, 2, 3, 17, 10, 13)  # add, mul, frac, percent, linear, sub
 
 @pytest.fixture(scope="module")
 def mlx_engine():
-    from phiflash.engine import open_engine
+    from phiflash.engines import open_engine
 
     return open_engine(None, "mlx")
 
@@ -46,9 +46,8 @@ def test_mlx_engine_solves_fixed_heldout_problems(mlx_engine, index):
 
 @pytest.fixture(scope="module")
 def gguf_engine(tmp_path_factory):
+    from phiflash.engines import open_engine
     from phiflash.quantize.gguf_convert import convert
-
-    from phiflash.engine import open_engine
 
     out = tmp_path_factory.mktemp("tutor-gguf") / "tutor-q8_0.gguf"
     convert(DEFAULT_MODEL_DIR, out, "q8_0", progress=False)

@@ -13,10 +13,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from phiflash.tui.conversation import Conversation
-from phiflash.tui.history import HistoryStore
-from phiflash.tui.screens.chat import ChatScreen
-from phiflash.tui.worker import EngineFailed, EngineReady, describe_error
 from textual.app import App
 
 from phiflash.engine import (
@@ -26,6 +22,10 @@ from phiflash.engine import (
     FakeEngine,
     GenerationParams,
 )
+from phiflash.tui.conversation import Conversation
+from phiflash.tui.history import HistoryStore
+from phiflash.tui.screens.chat import ChatScreen
+from phiflash.tui.worker import EngineFailed, EngineReady, describe_error
 
 DEMO_REPLY = (
     "<think>The problem asks for the sum of the first 10 positive integers. "
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("PHIFLASH_FAKE_ENGINE") == "1":
         factory, label = _demo_engine, "demo (fake engine)"
     else:
-        from phiflash.engine import open_engine
+        from phiflash.engines import open_engine
 
         def factory():
             return open_engine(args.model, args.engine)

@@ -14,7 +14,6 @@ Public API:
   bare ``\\boxed{…}``) of a Markdown text and leaves the rest alone.
 - :class:`MathStream` does the same incrementally for streamed text: it only emits output for
   input whose rendering can no longer change, so it can feed ``Markdown.append``.
-- :func:`last_boxed` finds the final ``\\boxed{}`` answer.
 """
 
 from __future__ import annotations
@@ -348,15 +347,3 @@ class MathStream:
         rendered, consumed = _render_prefix(self.raw[self._done :], final=True)
         self._done += consumed
         return rendered
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` in ``text`` (raw LaTeX), if any."""
-    start = text.rfind("\\boxed")
-    while start >= 0:
-        end = _boxed_end(text, start)
-        if end > 0:
-            inner = text[start + len("\\boxed") : end].strip()
-            return inner[1:-1]
-        start = text.rfind("\\boxed", 0, start)
-    return None

@@ -169,7 +169,7 @@ def build_tokenizer(
         "eos_token": EOS,
         "model_max_length": 65536,
         "pad_token": EOS,
-        "tokenizer_class": "GPT2Tokenizer",
+        "tokenizer_class": "PreTrainedTokenizerFast",  # read from tokenizer.json, as we do
         "unk_token": EOS,
     }
     _write_json(out / "tokenizer_config.json", config)
@@ -214,10 +214,10 @@ def _write_json(path: Path, obj) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m phiflash.tutor_tokenizer OUT_DIR [--n N] [--vocab-size V]``."""
+    """``python -m phiflash.tutor.tokenizer OUT_DIR [--n N] [--vocab-size V]``."""
     import argparse
 
-    from phiflash.tutor_data import texts
+    from phiflash.tutor.data import texts
 
     ap = argparse.ArgumentParser(description="train the tutor tokenizer on generated dialogues")
     ap.add_argument("out_dir")

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import threading
 
-from phiflash.tui.conversation import Turn, title_for
-from phiflash.tui.widgets.message import AssistantMessage, ErrorMessage, UserMessage
-from phiflash.tui.widgets.stats import StatsBar
-from phiflash.tui.worker import Delta, Failed, Finished, run_generation
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,6 +11,11 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Input, LoadingIndicator, Static
 from textual.worker import get_current_worker
+
+from phiflash.tui.conversation import Turn, title_for
+from phiflash.tui.widgets.message import AssistantMessage, ErrorMessage, UserMessage
+from phiflash.tui.widgets.stats import StatsBar
+from phiflash.tui.worker import Delta, Failed, Finished, run_generation
 
 WELCOME = (
     "Type a math problem and press **Enter**. The tutor thinks first (dimmed, folds away when "

@@ -6,12 +6,13 @@ import re
 import time
 from pathlib import Path
 
-from phiflash.tui.history import export_markdown
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
+
+from phiflash.tui.history import export_markdown
 
 
 def _when(ts: float) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from phiflash.tui.conversation import Turn, split_think
-from phiflash.tui.mathrender import MathStream, last_boxed, latex_to_unicode, render_markdown
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Collapsible, Markdown, Static
+
+from phiflash.tui.conversation import Turn, split_think
+from phiflash.tui.mathrender import MathStream, latex_to_unicode, render_markdown
+from phiflash.tutor.answers import extract_boxed
 
 STATUS_NOTES = {
     "stopped": "■ stopped",
@@ -119,7 +121,7 @@ class AssistantMessage(Vertical):
         elif split.has_think:
             self.think.title = "Reasoning (stopped while thinking) · ctrl+t"
         await self.answer.update(render_markdown(split.answer))
-        boxed = last_boxed(split.answer)
+        boxed = extract_boxed(split.answer)
         if boxed is not None:
             badge = self.query_one(".boxed", Static)
             badge.update(f" Answer: {latex_to_unicode(boxed, box=('', ''))} ")
