@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.phiflash-installed
 
-.PHONY: setup fork openblas chat test lint format bench clean
+.PHONY: setup fork openblas chat test lint clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (phiflash needs Python >= 3.11; set PYTHON=...)"; exit 1; }
