@@ -19,3 +19,7 @@ class ContextLengthError(PhiflashError):
 
 class PromptCacheError(PhiflashError):
     """A saved prompt cache cannot be reused for this prompt."""
+
+
+class ConversionError(PhiflashError):
+    """A conversion cannot be done (bad flags, existing or unwritable output, quantizer failure)."""

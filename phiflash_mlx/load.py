@@ -3,124 +3,29 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from phiflash.errors import ModelLoadError, WrongArchitectureError
-from phiflash_mlx.model import Model, ModelArgs, keeps_fp32
-
-MODEL_TYPES = ("phi4flash",)
-ARCHITECTURES = ("Phi4FlashForCausalLM",)
-# tokenizer and generation files a checkpoint carries beside its weights (copied as present)
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "generation_config.json",
+from phiflash.checkpoint import (  # noqa: F401  (TOKENIZER_FILES, check_safetensors: re-exported)
+    TOKENIZER_FILES,
+    check_safetensors,
+    check_tensors,
+    open_checkpoint,
+    read_config,
+    weight_files,
 )
-_SAFETENSORS_DTYPE_BYTES = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "U32": 4,
-    "I16": 2,
-    "U16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-}
-
-
-def load_config(path: Path) -> dict:
-    """Read config.json and check that it describes a phi4flash (SambaY) model."""
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise ModelLoadError(f"no config.json in {path}")
-    try:
-        config = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"config.json in {path} is not valid JSON ({e})") from e
-    model_type = config.get("model_type")
-    archs = config.get("architectures") or []
-    if model_type not in MODEL_TYPES and not set(archs) & set(ARCHITECTURES):
-        found = model_type or (archs[0] if archs else "unknown")
-        raise WrongArchitectureError(
-            f"{path} is a {found!r} model, not phi4flash (Phi-4-mini-flash-reasoning / SambaY)"
-        )
-    return config
-
-
-def weight_files(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as e:
-            raise ModelLoadError(f"{index} is not a valid safetensors index ({e})") from e
-        files = [path / n for n in names]
-        for f in files:
-            if not f.is_file():
-                raise ModelLoadError(f"shard {f.name} named in {index.name} is missing")
-        return files
-    files = sorted(path.glob("model*.safetensors")) or sorted(path.glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(f"no .safetensors weights in {path}")
-    return files
-
-
-def check_safetensors(file: Path) -> None:
-    """Validate the header and that the data section is complete (catches truncation)."""
-    size = file.stat().st_size
-    try:
-        with open(file, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ValueError("file is shorter than a safetensors header")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100 * 2**20:
-                raise ValueError("header length is out of range")
-            header = json.loads(f.read(n))
-    except (ValueError, UnicodeDecodeError, OSError) as e:
-        raise ModelLoadError(f"corrupt safetensors file {file.name}: {e}") from e
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            start, stop = info["data_offsets"]
-            count = 1
-            for d in info["shape"]:
-                count *= d
-            nbytes = count * _SAFETENSORS_DTYPE_BYTES[info["dtype"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelLoadError(f"corrupt safetensors file {file.name}: bad entry {name}") from e
-        if stop - start != nbytes:
-            raise ModelLoadError(f"corrupt safetensors file {file.name}: {name} has bad size")
-        end = max(end, stop)
-    if 8 + n + end > size:
-        raise ModelLoadError(
-            f"truncated safetensors file {file.name}: {size} bytes, needs {8 + n + end}"
-        )
+from phiflash.errors import ModelLoadError
+from phiflash_mlx.model import Model, ModelArgs, keeps_fp32
 
 
 def load_weights(path: Path) -> dict[str, mx.array]:
+    """Every tensor of the checkpoint, after phiflash.checkpoint's strict header checks."""
+    open_checkpoint(path)  # truncation, byte counts, duplicates: before mlx reads a byte
     weights = {}
     for f in weight_files(path):
-        check_safetensors(f)
         try:
             weights.update(mx.load(str(f)))
         except Exception as e:  # mlx raises RuntimeError/ValueError on bad files
@@ -150,20 +55,8 @@ def _quantize(model: nn.Module, config: dict, weights: dict) -> None:
 
 
 def _check_names_and_shapes(model: nn.Module, weights: dict) -> None:
-    expected = dict(tree_flatten(model.parameters()))
-    missing = sorted(set(expected) - set(weights))
-    extra = sorted(set(weights) - set(expected))
-    if missing:
-        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise ModelLoadError(f"missing tensors: {', '.join(missing[:3])}{more}")
-    if extra:
-        more = f" (+{len(extra) - 3} more)" if len(extra) > 3 else ""
-        raise ModelLoadError(f"unexpected tensors: {', '.join(extra[:3])}{more}")
-    for k, v in expected.items():
-        if tuple(weights[k].shape) != tuple(v.shape):
-            raise ModelLoadError(
-                f"tensor {k} has shape {tuple(weights[k].shape)}, expected {tuple(v.shape)}"
-            )
+    expected = {k: v.shape for k, v in tree_flatten(model.parameters())}
+    check_tensors(expected, {k: v.shape for k, v in weights.items()})
 
 
 def load_model(path, dtype=None, lazy: bool = False) -> tuple[Model, dict]:
@@ -172,7 +65,7 @@ def load_model(path, dtype=None, lazy: bool = False) -> tuple[Model, dict]:
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"model directory not found: {path}")
-    config = load_config(path)
+    config = read_config(path)
     try:
         args = ModelArgs.from_dict(config)
         model = Model(args)

@@ -1,10 +1,16 @@
 """`phiflash convert-gguf`: a Hugging Face phi4flash (SambaY) checkpoint -> one GGUF file.
 
 The GGUF uses the architecture name ``sambay`` that phiflash's llama.cpp fork implements
-(see phiflash_gguf/). Float types are written here with the ``gguf`` package; quantized
-types go through the fork's ``llama_model_quantize`` with the Mamba ``x_proj``/``dt_proj``
-matrices pinned to Q8_0 (they steer the recurrence). The output is written to a temp file
-in the destination folder and renamed at the end.
+(see phiflash_gguf/). The layer layout, sliding windows and lambda_init come from the MLX model
+file (phiflash_mlx/model.py), and the checkpoint is read by phiflash.checkpoint, whose names,
+shapes and truncation checks all run before anything is written.
+
+Float types are written here with the ``gguf`` package. Quantized types are made from a 16-bit
+intermediate (every tensor kept in its checkpoint dtype: bf16 stays bf16, only tensors stored as
+F32 stay F32) by the fork's ``llama_model_quantize``, run in a child process so that Ctrl-C
+stops it; the Mamba ``x_proj``/``dt_proj`` matrices are pinned to Q8_0 (they steer the
+recurrence). Temp files sit beside the output as ``.<name>.phiflash-tmp-<pid>[.part]`` and are
+removed on any failure or interrupt, and by the next run if the process was killed.
 """
 
 from __future__ import annotations
@@ -13,93 +19,89 @@ import argparse
 import json
 import math
 import os
-import tempfile
-from dataclasses import dataclass
+import subprocess
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from phiflash.errors import ModelLoadError, PhiflashError, WrongArchitectureError
-
-from .gguf_safetensors import TensorRef, f32_to_bf16_bits, open_checkpoint
+from phiflash.checkpoint import (
+    TOKENIZER_FILES,
+    TensorRef,
+    check_tensors,
+    f32_to_bf16_bits,
+    open_checkpoint,
+    read_config,
+    weight_files,
+)
+from phiflash.errors import ConversionError, ModelLoadError
+from phiflash.quantize import outputs
+from phiflash_mlx.model import Model, ModelArgs, lambda_init_fn
 
 ARCH = "sambay"
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m")
+FLOAT_OUTTYPES = ("f32", "f16", "bf16")
 # llama_ftype values (include/llama.h) and ggml_type values (ggml.h)
 _FTYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15, "bf16": 32}
 _GGML_TYPE_Q8_0 = 8
 # tensors that stay at the quantized file's "steering" precision, as regexes over GGUF names
 PINNED_Q8_0 = (r"\.ssm_x\.weight$", r"\.ssm_dt\.weight$")
+_READABLE_DTYPES = ("F32", "F16", "BF16")
+# The model file's layer kinds, as the GGUF writer names them: the memory layer's weights are a
+# Mamba layer's, and the self-decoder's full-attention layer is the "global" one.
+_GGUF_KIND = {"mamba_mem": "mamba", "attn": "global"}
 
-
-class ConversionError(PhiflashError):
-    """The conversion cannot proceed (bad arguments, unwritable output, quantizer failure)."""
+__all__ = ["ConversionError", "convert", "layout_of", "main"]
 
 
 @dataclass
 class Layout:
-    """Layer kinds of a phi4flash config (SPEC.md section 3)."""
+    """Layer layout of a phi4flash config, from the MLX model file's ModelArgs."""
 
+    args: ModelArgs
     n_layer: int
     kinds: list[str]  # mamba | swa | global | gmu | cross   (the memory layer is a mamba)
     swa: list[bool]
+    window: int  # the sliding window of the swa layers (0 if none)
     n_shared: int  # cross-decoder layers (own no KV)
 
 
-def read_config(hf_path: Path) -> dict:
-    if not hf_path.exists():
-        raise ModelLoadError(f"no such checkpoint directory: {hf_path}")
-    cfg_path = hf_path / "config.json"
-    if not cfg_path.is_file():
-        raise ModelLoadError(f"{hf_path} has no config.json (not a Hugging Face checkpoint)")
+def model_args(cfg: dict) -> ModelArgs:
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except ValueError as e:
-        raise ModelLoadError(f"{cfg_path}: invalid JSON ({e})") from None
-    model_type = cfg.get("model_type")
-    if model_type != "phi4flash":
-        raise WrongArchitectureError(
-            f"{hf_path} is a {model_type!r} checkpoint, not phi4flash (SambaY); "
-            "convert-gguf only converts Phi-4-mini-flash-reasoning models"
-        )
-    return cfg
+        return ModelArgs.from_dict(cfg)
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"config.json is not a valid phi4flash config ({e})") from None
 
 
 def layout_of(cfg: dict) -> Layout:
-    n = int(cfg["num_hidden_layers"])
-    mb = int(cfg.get("mb_per_layer", 2))
+    args = model_args(cfg)
+    n = args.num_hidden_layers
+    kinds = [_GGUF_KIND.get(k, k) for k in map(args.layer_kind, range(n))]
     half = n // 2
-    kinds = []
-    for i in range(n):
-        if i >= half + 2:
-            kinds.append("gmu" if i % mb == 0 else "cross")
-        elif i % mb == 0:
-            kinds.append("mamba")
-        else:
-            kinds.append("global" if i >= half + 1 else "swa")
-    if kinds[half] != "mamba" or kinds[half + 1] != "global":
-        raise ModelLoadError(f"unsupported SambaY layout (mb_per_layer={mb}, layers={n})")
-    sw = cfg.get("sliding_window")
-    if isinstance(sw, list):
-        swa = [w is not None for w in sw]
-    elif cfg.get("layer_types"):
-        swa = [t == "sliding_attention" for t in cfg["layer_types"]]
-    else:
-        swa = [k == "swa" for k in kinds]
-    swa = [s and k in ("swa",) for s, k in zip(swa, kinds)]
-    return Layout(n, kinds, swa, n - (half + 2))
+    shared = ("gmu", "cross")
+    if (
+        n < 4
+        or kinds[half] != "mamba"
+        or kinds[half + 1] != "global"
+        or any(k in shared for k in kinds[: half + 2])
+        or any(k not in shared for k in kinds[half + 2 :])
+    ):
+        raise ModelLoadError(
+            f"unsupported SambaY layout (mb_per_layer={args.mb_per_layer}, layers={n})"
+        )
+    swa = [k == "swa" for k in kinds]
+    sizes = {args.windows[i] for i in range(n) if swa[i]}
+    if len(sizes) > 1:
+        raise ModelLoadError(f"one sliding window per model in GGUF, config has {sorted(sizes)}")
+    window = int(sizes.pop()) if sizes else 0
+    return Layout(args, n, kinds, swa, window, sum(k in shared for k in kinds))
 
 
-def window_of(cfg: dict) -> int:
-    sw = cfg.get("sliding_window")
-    if isinstance(sw, list):
-        sizes = [w for w in sw if w is not None]
-        return int(sizes[0]) if sizes else 0
-    return int(sw or 0)
-
-
-def lambda_init(i: int) -> float:
-    return 0.8 - 0.6 * math.exp(-0.3 * i)
+def mamba_dims(cfg: dict) -> tuple[int, int, int, int]:
+    """(d_inner, d_state, d_conv, dt_rank) of a phi4flash config, as the model file reads it."""
+    a = model_args(cfg)
+    return a.mamba_expand * a.hidden_size, a.mamba_d_state, a.mamba_d_conv, int(a.mamba_dt_rank)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,6 +123,31 @@ class Planned:
             a = -np.exp(a.astype(np.float64)).astype(np.float32)
         return np.ascontiguousarray(a)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.transform == "squeeze_conv":
+            return (self.ref.shape[0], self.ref.shape[-1])
+        return self.ref.shape
+
+
+def check_checkpoint(refs: dict[str, TensorRef], cfg: dict, lay: Layout) -> None:
+    """The MLX loader's strictness: every name and shape the model file expects, nothing more,
+    and only float dtypes; raises ModelLoadError naming the first bad tensor."""
+    if cfg.get("quantization"):
+        raise ModelLoadError(
+            "this is a quantized MLX dir; convert-gguf reads the original (bf16/f16/f32) checkpoint"
+        )
+    from mlx.utils import tree_flatten
+
+    model = Model(lay.args)  # parameters are lazy: nothing is allocated
+    expected = {k: v.shape for k, v in tree_flatten(model.parameters())}
+    tied = lay.args.tie_word_embeddings
+    found = {k: r.shape for k, r in refs.items() if not (tied and k == "lm_head.weight")}
+    check_tensors(expected, found)
+    for k in sorted(refs):
+        if refs[k].dtype not in _READABLE_DTYPES:
+            raise ModelLoadError(f"tensor {k} is {refs[k].dtype}; convert-gguf reads F32/F16/BF16")
+
 
 def plan_tensors(refs: dict[str, TensorRef], cfg: dict, lay: Layout) -> list[Planned]:
     used: set[str] = set()
@@ -138,7 +165,7 @@ def plan_tensors(refs: dict[str, TensorRef], cfg: dict, lay: Layout) -> list[Pla
     add("token_embd.weight", "model.embed_tokens.weight")
     add("output_norm.weight", "model.final_layernorm.weight", True)
     add("output_norm.bias", "model.final_layernorm.bias", True)
-    if "lm_head.weight" in refs and not cfg.get("tie_word_embeddings", True):
+    if "lm_head.weight" in refs and not lay.args.tie_word_embeddings:
         add("output.weight", "lm_head.weight")
     used.add("lm_head.weight")
 
@@ -194,40 +221,81 @@ def diff_lambdas(refs: dict[str, TensorRef], lay: Layout) -> list[float]:
         lam = (
             math.exp(float(np.dot(v("lambda_q1"), v("lambda_k1"))))
             - math.exp(float(np.dot(v("lambda_q2"), v("lambda_k2"))))
-            + lambda_init(i)
+            + lambda_init_fn(i)
         )
         out.append(lam)
     return out
 
 
-def check_shapes(plan: list[Planned], cfg: dict, lay: Layout) -> None:
-    h = int(cfg["hidden_size"])
-    emb = plan[0].ref.shape
-    if len(emb) != 2 or emb[1] != h:
-        raise ModelLoadError(f"model.embed_tokens.weight has shape {emb}, expected [vocab, {h}]")
-    for p in plan:
-        if p.name.endswith("_norm.weight") and p.ref.shape[-1] not in (h, 2 * _head_dim(cfg)):
-            raise ModelLoadError(f"{p.ref.name} has shape {p.ref.shape}, expected [{h}]")
+@dataclass
+class Checkpoint:
+    """Everything convert-gguf reads from a checkpoint, checked, before it writes a byte."""
+
+    path: Path
+    cfg: dict
+    lay: Layout
+    plan: list[Planned]
+    lambdas: list[float]
+    inputs: list[Path] = field(default_factory=list)  # files read (never to be written over)
+
+    @property
+    def n_vocab(self) -> int:
+        return self.plan[0].ref.shape[0]
 
 
-def _head_dim(cfg: dict) -> int:
-    return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+def read_checkpoint(hf_path: Path) -> Checkpoint:
+    cfg = read_config(hf_path)
+    lay = layout_of(cfg)
+    refs = open_checkpoint(hf_path)
+    check_checkpoint(refs, cfg, lay)
+    plan = plan_tensors(refs, cfg, lay)
+    _tokenizer_files(hf_path)
+    inputs = [hf_path / "config.json", *weight_files(hf_path)]
+    inputs += [hf_path / n for n in ("model.safetensors.index.json", *TOKENIZER_FILES)]
+    inputs = [f for f in inputs if f.is_file()]
+    return Checkpoint(hf_path, cfg, lay, plan, diff_lambdas(refs, lay), inputs)
 
 
 # ---------------------------------------------------------------------------------------------
 # tokenizer
 
 
-def add_tokenizer(w, hf_path: Path, cfg: dict, n_vocab: int) -> None:
-    import gguf
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path.name} in {path.parent} is not valid JSON ({e})") from None
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path.name} in {path.parent} is not a JSON object ({what})")
+    return data
 
+
+def _tokenizer_files(hf_path: Path) -> tuple[dict, dict, dict]:
+    """tokenizer.json, generation_config.json and tokenizer_config.json ({} when absent)."""
     tok_path = hf_path / "tokenizer.json"
     if not tok_path.is_file():
         raise ModelLoadError(f"{hf_path} has no tokenizer.json")
-    tok = json.loads(tok_path.read_text())
-    model = tok.get("model", {})
-    if model.get("type") != "BPE":
-        raise ModelLoadError(f"tokenizer.json: expected a BPE tokenizer, got {model.get('type')}")
+    tok = _read_json(tok_path, "the tokenizer")
+    model = tok.get("model")
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        kind = model.get("type") if isinstance(model, dict) else None
+        raise ModelLoadError(f"tokenizer.json: expected a BPE tokenizer, got {kind}")
+    if not isinstance(model.get("vocab"), dict):
+        raise ModelLoadError("tokenizer.json: the BPE model has no vocab")
+    other = []
+    for name in ("generation_config.json", "tokenizer_config.json"):
+        p = hf_path / name
+        other.append(_read_json(p, name) if p.is_file() else {})
+    return tok, other[0], other[1]
+
+
+def add_tokenizer(w, hf_path: Path, cfg: dict, n_vocab: int) -> None:
+    import gguf
+
+    tok, gen, tc = _tokenizer_files(hf_path)
+    model = tok["model"]
     tokens: list[str | None] = [None] * n_vocab
     types = [gguf.TokenType.NORMAL] * n_vocab
     for text, idx in model["vocab"].items():
@@ -252,10 +320,6 @@ def add_tokenizer(w, hf_path: Path, cfg: dict, n_vocab: int) -> None:
     w.add_token_types([int(t) for t in types])
     w.add_token_merges(merges)
 
-    gen = {}
-    gen_path = hf_path / "generation_config.json"
-    if gen_path.is_file():
-        gen = json.loads(gen_path.read_text())
     eos = cfg.get("eos_token_id", by_text.get("<|endoftext|>"))
     if isinstance(eos, list):
         eos = eos[-1]
@@ -276,42 +340,30 @@ def add_tokenizer(w, hf_path: Path, cfg: dict, n_vocab: int) -> None:
     w.add_add_bos_token(False)
     w.add_add_eos_token(False)
 
-    tc_path = hf_path / "tokenizer_config.json"
-    if tc_path.is_file():
-        tc = json.loads(tc_path.read_text())
-        if tc.get("chat_template"):
-            w.add_chat_template(tc["chat_template"])
+    if tc.get("chat_template"):
+        w.add_chat_template(tc["chat_template"])
 
 
 # ---------------------------------------------------------------------------------------------
 # writing
 
 
-def mamba_dims(cfg: dict) -> tuple[int, int, int, int]:
-    """(d_inner, d_state, d_conv, dt_rank) of a phi4flash config."""
-    h = int(cfg["hidden_size"])
-    dt_rank = cfg.get("mamba_dt_rank", "auto")
-    dt_rank = math.ceil(h / 16) if dt_rank in (None, "auto") else int(dt_rank)
-    d_inner = int(cfg.get("mamba_expand", 2)) * h
-    return d_inner, int(cfg.get("mamba_d_state", 16)), int(cfg.get("mamba_d_conv", 4)), dt_rank
-
-
 def add_sambay_metadata(w, cfg: dict, lay: Layout, lambdas: list[float], n_vocab: int) -> None:
     """The ``sambay.*`` hyperparameter keys (the GGUF contract of phiflash_gguf's fork)."""
-    n_kv = int(cfg["num_key_value_heads"])
-    hd = _head_dim(cfg)
+    a = lay.args
+    n_kv = a.num_key_value_heads
     d_inner, d_state, d_conv, dt_rank = mamba_dims(cfg)
-    w.add_context_length(int(cfg.get("max_position_embeddings", 4096)))
-    w.add_embedding_length(int(cfg["hidden_size"]))
+    w.add_context_length(a.max_position_embeddings)
+    w.add_embedding_length(a.hidden_size)
     w.add_block_count(lay.n_layer)
-    w.add_feed_forward_length(int(cfg["intermediate_size"]))
-    w.add_head_count(int(cfg["num_attention_heads"]))
+    w.add_feed_forward_length(a.intermediate_size)
+    w.add_head_count(a.num_attention_heads)
     w.add_head_count_kv([0 if k in ("mamba", "gmu") else n_kv for k in lay.kinds])
-    w.add_key_length(hd)
-    w.add_value_length(hd)
-    w.add_layer_norm_eps(float(cfg.get("layer_norm_eps", 1e-5)))
+    w.add_key_length(a.head_dim)
+    w.add_value_length(a.head_dim)
+    w.add_layer_norm_eps(float(a.layer_norm_eps))
     w.add_layer_norm_rms_eps(1e-5)  # subln (RMSNorm over 2*head_dim) uses a fixed 1e-5
-    w.add_sliding_window(window_of(cfg))
+    w.add_sliding_window(lay.window)
     w.add_sliding_window_pattern(lay.swa)
     w.add_shared_kv_layers(lay.n_shared)
     w.add_array(f"{ARCH}.attention.diff_lambda", [float(x) for x in lambdas])
@@ -322,76 +374,61 @@ def add_sambay_metadata(w, cfg: dict, lay: Layout, lambdas: list[float], n_vocab
     w.add_vocab_size(n_vocab)
 
 
-def write_float_gguf(hf_path: Path, out_path: Path, outtype: str, progress: bool = True) -> None:
-    """Write an F32/F16/BF16 GGUF of the checkpoint in ``hf_path`` to ``out_path``."""
+def write_float_gguf(ck: Checkpoint, out_path: Path, outtype: str, progress: bool = True) -> None:
+    """Write the checked checkpoint ``ck`` as a float GGUF to ``out_path``.
+
+    ``outtype`` f32/f16/bf16 casts every matrix to that type; ``"source"`` (the quantizer's
+    intermediate) keeps each matrix in its checkpoint dtype, so bf16 is copied byte for byte and
+    only matrices stored as F32 are F32. Norms, biases, A, D and the conv kernel are F32 in all.
+    """
     import gguf
     from tqdm import tqdm
 
-    cfg = read_config(hf_path)
-    lay = layout_of(cfg)
-    refs = open_checkpoint(hf_path)
-    plan = plan_tensors(refs, cfg, lay)
-    check_shapes(plan, cfg, lay)
-    lambdas = diff_lambdas(refs, lay)
-
-    n_vocab = plan[0].ref.shape[0]
+    T = gguf.GGMLQuantizationType
     w = gguf.GGUFWriter(None, ARCH)
-    w.add_name(hf_path.resolve().name)
-    w.add_file_type(_FTYPE[outtype])
-    add_sambay_metadata(w, cfg, lay, lambdas, n_vocab)
-    add_tokenizer(w, hf_path, cfg, n_vocab)
+    w.add_name(ck.path.resolve().name)
+    w.add_file_type(_FTYPE.get(outtype, _FTYPE["bf16"]))
+    add_sambay_metadata(w, ck.cfg, ck.lay, ck.lambdas, ck.n_vocab)
+    add_tokenizer(w, ck.path, ck.cfg, ck.n_vocab)
 
-    float_type = {
-        "f32": gguf.GGMLQuantizationType.F32,
-        "f16": gguf.GGMLQuantizationType.F16,
-        "bf16": gguf.GGMLQuantizationType.BF16,
-    }[outtype]
+    cast = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16}.get(outtype)
+    source = {"F32": T.F32, "F16": T.F16, "BF16": T.BF16}
 
     def out_type(p: Planned):
         if p.force_f32 or len(p.ref.shape) < 2:
-            return gguf.GGMLQuantizationType.F32
-        return float_type
+            return T.F32
+        return cast if cast is not None else source[p.ref.dtype]
 
-    def shape_of(p: Planned) -> tuple[int, ...]:
-        if p.transform == "squeeze_conv":
-            return (p.ref.shape[0], p.ref.shape[-1])
-        return p.ref.shape
-
-    for p in plan:
+    np_dtype = {T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16}
+    for p in ck.plan:
         t = out_type(p)
-        shape = shape_of(p)
-        n = int(np.prod(shape))
-        esize = 4 if t == gguf.GGMLQuantizationType.F32 else 2
-        np_dtype = {
-            gguf.GGMLQuantizationType.F32: np.float32,
-            gguf.GGMLQuantizationType.F16: np.float16,
-        }.get(t, np.uint16)
+        n = int(np.prod(p.shape))
         w.add_tensor_info(
             p.name,
-            shape,
-            np.dtype(np_dtype),
-            n * esize,
-            raw_dtype=t if t == gguf.GGMLQuantizationType.BF16 else None,
+            p.shape,
+            np.dtype(np_dtype[t]),
+            n * np.dtype(np_dtype[t]).itemsize,
+            raw_dtype=t if t == T.BF16 else None,
         )
 
     w.write_header_to_file(out_path)
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    total = sum(p.ref.nbytes for p in plan)
+    label = "16-bit intermediate" if cast is None else outtype.upper()
     bar = tqdm(
-        total=total,
+        total=sum(p.ref.nbytes for p in ck.plan),
         unit="B",
         unit_scale=True,
-        desc=f"writing {outtype.upper()}",
+        desc=f"writing {label}",
         disable=not progress,
     )
-    for p in plan:
+    for p in ck.plan:
         t = out_type(p)
-        if t == gguf.GGMLQuantizationType.BF16 and p.ref.dtype == "BF16" and not p.transform:
-            data = np.ascontiguousarray(p.ref.load())
-        elif t == gguf.GGMLQuantizationType.BF16:
+        if not p.transform and source.get(p.ref.dtype) == t:
+            data = p.ref.load()  # same type: the mapped bytes, no copy
+        elif t == T.BF16:
             data = f32_to_bf16_bits(p.f32())
-        elif t == gguf.GGMLQuantizationType.F16:
+        elif t == T.F16:
             data = p.f32().astype(np.float16)
         else:
             data = p.f32()
@@ -401,25 +438,85 @@ def write_float_gguf(hf_path: Path, out_path: Path, outtype: str, progress: bool
     w.close()
 
 
-def quantize_gguf(src: Path, dst: Path, outtype: str, n_threads: int | None = None) -> None:
-    """Quantize a float GGUF with the fork's llama_model_quantize (x_proj/dt_proj at Q8_0)."""
-    import ctypes
+# ---------------------------------------------------------------------------------------------
+# quantizing (in a child process: llama_model_quantize is one blocking C call)
 
+_WORKER = (
+    "import sys; from phiflash.quantize.gguf_convert import quantize_worker; "
+    "sys.exit(quantize_worker(sys.argv[1:]))"
+)
+
+
+def quantize_worker(argv: list[str]) -> int:
+    """Child side of :func:`quantize_gguf`: ``SRC DST OUTTYPE THREADS PARENT_PID``."""
+    import ctypes
+    import signal
+
+    src, dst, outtype, threads, parent = argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it kills us if needed
+    if sys.platform.startswith("linux"):
+        # die with the parent (kill -9 included); PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != int(parent):
+        return 3  # the parent is already gone
     from phiflash_gguf.build import ensure_llama_cpp
 
     llama_cpp = ensure_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = _FTYPE[outtype]
-    params.nthread = n_threads or 0
+    params.nthread = int(threads)
     overrides = (llama_cpp.llama_model_tensor_override * (len(PINNED_Q8_0) + 1))()
     for i, pat in enumerate(PINNED_Q8_0):
         overrides[i].pattern = pat.encode()
         overrides[i].type = _GGML_TYPE_Q8_0
     overrides[len(PINNED_Q8_0)].pattern = None
     params.tt_overrides = ctypes.cast(overrides, type(params.tt_overrides))
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
     if rc != 0:
-        raise ConversionError(f"llama_model_quantize failed for {outtype} (code {rc})")
+        print(f"llama_model_quantize returned {rc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def quantize_gguf(src: Path, dst: Path, outtype: str, n_threads: int | None = None) -> None:
+    """Quantize the float GGUF ``src`` into ``dst`` with the fork's llama_model_quantize
+    (x_proj/dt_proj at Q8_0), in a child process that an interrupt kills at once."""
+    cmd = [
+        sys.executable,
+        "-c",
+        _WORKER,
+        str(src),
+        str(dst),
+        outtype,
+        str(n_threads or 0),
+        str(os.getpid()),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        _, err = proc.communicate()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
+        why = lines[-1].strip() if lines else f"exit status {proc.returncode}"
+        raise ConversionError(f"quantizing to {outtype.upper()} failed: {why}")
+
+
+def _ensure_fork() -> None:
+    from phiflash_gguf.build import ensure_llama_cpp
+
+    try:
+        ensure_llama_cpp()
+    except (RuntimeError, OSError, ImportError) as e:
+        raise ConversionError(f"the llama.cpp fork (needed to quantize) is unavailable: {e}") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
 
 
 def convert(
@@ -428,54 +525,56 @@ def convert(
     outtype: str,
     progress: bool = True,
     n_threads: int | None = None,
+    force: bool = False,
 ) -> Path:
-    """Convert ``hf_path`` to ``outfile`` (temp file + rename). Returns ``outfile``."""
-    hf_path, outfile = Path(hf_path), Path(outfile)
+    """Convert ``hf_path`` to ``outfile`` (temp file + rename). Returns ``outfile``.
+
+    Every check (config, names, shapes, dtypes, tokenizer, output path) runs before anything is
+    written; an existing ``outfile`` is replaced only with ``force``, an input file never.
+    """
     if outtype not in OUTTYPES:
         raise ConversionError(f"unknown --outtype {outtype!r} (choose from {', '.join(OUTTYPES)})")
-    cfg = read_config(hf_path)  # fail fast, before creating anything
-    del cfg
-    outfile = outfile.resolve()
-    if not outfile.parent.is_dir():
-        raise ConversionError(f"output folder does not exist: {outfile.parent}")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{outfile.name}.", suffix=".tmp", dir=outfile.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    tmp_float = None
+    hf_path = Path(hf_path)
+    out = Path(os.path.abspath(outfile))
+    ck = read_checkpoint(hf_path)
+    outputs.check_writable_folder(out.parent)
+    outputs.refuse_inputs(out, ck.inputs)
+    if out.is_dir():
+        raise ConversionError(f"{out} is a folder; --outfile names the .gguf file to write")
+    if out.exists() and not force:
+        raise ConversionError(f"{out} already exists; pass --force to replace it")
+    if outtype not in FLOAT_OUTTYPES:
+        _ensure_fork()
+    outputs.remove_stale(out.parent)
+    tmp, mid = outputs.temp_path(out), outputs.temp_path(out, "src16")
     try:
-        if outtype in ("f32", "f16", "bf16"):
-            write_float_gguf(hf_path, tmp, outtype, progress)
+        if outtype in FLOAT_OUTTYPES:
+            write_float_gguf(ck, tmp, outtype, progress)
         else:
-            refs = open_checkpoint(hf_path)
-            all_bf16 = all(r.dtype == "BF16" for r in refs.values() if len(r.shape) == 2)
-            base = "bf16" if all_bf16 else "f32"
-            fd, tmp_float_name = tempfile.mkstemp(
-                prefix=f".{outfile.name}.", suffix=".f.tmp", dir=outfile.parent
-            )
-            os.close(fd)
-            tmp_float = Path(tmp_float_name)
-            write_float_gguf(hf_path, tmp_float, base, progress)
+            write_float_gguf(ck, mid, "source", progress)
             if progress:
                 print(
                     f"quantizing to {outtype.upper()} (x_proj/dt_proj pinned to Q8_0)...",
+                    file=sys.stderr,
                     flush=True,
                 )
-            quantize_gguf(tmp_float, tmp, outtype, n_threads)
-        os.replace(tmp, outfile)
+            quantize_gguf(mid, tmp, outtype, n_threads)
+            outputs.remove(mid)
+        outputs.finish_file(tmp, out)
     except OSError as e:
-        raise ConversionError(f"cannot write {outfile}: {e.strerror or e}") from None
+        raise ConversionError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
-        for p in (tmp, tmp_float):
-            if p is not None and p.exists():
-                p.unlink()
-    return outfile
+        outputs.remove(tmp)
+        outputs.remove(mid)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="phiflash convert-gguf",
         description="Convert a Hugging Face phi4flash (SambaY) checkpoint to GGUF "
-        "(architecture 'sambay', runs on phiflash's llama.cpp fork).",
+        "(architecture 'sambay', runs on phiflash's llama.cpp fork). Quantized types are "
+        "made from a 16-bit intermediate beside the output (about the checkpoint's size).",
     )
     ap.add_argument("--hf-path", required=True, type=Path, help="checkpoint directory")
     ap.add_argument(
@@ -486,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--outtype", choices=OUTTYPES, default="f16", help="output type (default f16)")
     ap.add_argument("--threads", type=int, default=None, help="quantization threads")
+    ap.add_argument("--force", action="store_true", help="replace an existing --outfile")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
@@ -494,7 +594,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     hf_path: Path = args.hf_path
     outfile = args.outfile or hf_path / f"{hf_path.resolve().name}-{args.outtype.upper()}.gguf"
-    out = convert(hf_path, outfile, args.outtype, progress=not args.quiet, n_threads=args.threads)
+    out = convert(
+        hf_path,
+        outfile,
+        args.outtype,
+        progress=not args.quiet,
+        n_threads=args.threads,
+        force=args.force,
+    )
     size = out.stat().st_size / 1e6
     print(f"wrote {out} ({args.outtype.upper()}, {size:.1f} MB)")
     return 0
+
+
+if __name__ == "__main__":
+    from phiflash.console import run_main
+
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -42,7 +42,7 @@ def logits(path, tokens, dtype=None):
 
 
 def no_leftovers(parent: Path):
-    return not [p for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    return not [p for p in parent.iterdir() if "phiflash-tmp" in p.name]
 
 
 def test_bf16_conversion_reproduces_hf_logits_exactly(converted, golden):
@@ -282,7 +282,7 @@ def test_write_failure_leaves_nothing(tmp_path, monkeypatch):
         raise OSError("No space left on device")
 
     monkeypatch.setattr(conv, "save_weights", boom)
-    with pytest.raises(conv.ConvertError, match="No space left"):
+    with pytest.raises(conv.ConversionError, match="No space left"):
         conv.convert(TINY, tmp_path / "out", quantize=True, progress=False)
     assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)
 
