@@ -21,17 +21,41 @@ how much; ``max_tokens`` is never lowered silently.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from phiflash.errors import ContextLengthError
+from phiflash.errors import ContextLengthError, InvalidParamsError
 
 # Model card defaults (temperature 0.6, top-p 0.95).
 DEFAULT_TEMP = 0.6
 DEFAULT_TOP_P = 0.95
 DEFAULT_MAX_TOKENS = 2048
+# The real model reasons for thousands of tokens (its card generates up to 32K), so 2048 cuts
+# it short. A model whose context holds at least REASONING_CONTEXT tokens (the real model: 256K
+# on MLX, 32K as the GGUF engine allocates it; the 4K tutor does not) gets REASONING_MAX_TOKENS
+# new tokens by default: half the GGUF allocation, leaving the other half to the conversation.
+REASONING_CONTEXT = 32768
+REASONING_MAX_TOKENS = 16384
+# The chat's default thinking budget per engine (tokens inside <think> before </think> is
+# forced; 0 = no limit): about five minutes of reasoning on each engine's typical machine
+# (GGUF Q4_0 decodes 13-16 tok/s on a 2-core CPU; MLX 4-bit on Apple silicon decodes several
+# times faster). `phiflash generate` has no budget unless --thinking-budget is given.
+CHAT_THINKING_BUDGET = {"mlx": 8192, "gguf": 4096}
+
+
+def default_max_tokens(context_limit: int) -> int:
+    """New tokens per reply for a model with this context (see REASONING_MAX_TOKENS)."""
+    return REASONING_MAX_TOKENS if context_limit >= REASONING_CONTEXT else DEFAULT_MAX_TOKENS
+
+
+def chat_thinking_budget(engine_name: str, context_limit: int) -> int:
+    """The chat's default budget: per engine for a reasoning-size model, none for small ones."""
+    if context_limit < REASONING_CONTEXT:
+        return 0
+    return CHAT_THINKING_BUDGET.get(engine_name, 0)
 
 
 @dataclass
@@ -42,6 +66,57 @@ class GenerationParams:
     top_k: int = 0
     min_p: float = 0.0
     seed: int | None = None
+    # tokens allowed inside <think> before the engine forces </think>; 0 = no limit; counts
+    # toward max_tokens (phiflash.thinking)
+    thinking_budget: int = 0
+
+    def validate(self, names: dict[str, str] | None = None) -> GenerationParams:
+        """The one range rule for every command and the chat; returns ``self``.
+
+        temperature >= 0 and finite (0 = greedy), 0 < top-p <= 1, 0 <= min-p <= 1, top-k >= 0
+        (0 = off), max tokens > 0 or -1 (until the context is full). A value out of range
+        raises :class:`InvalidParamsError` with one line; ``names`` maps a field to what the
+        user typed (``{"temperature": "--temp"}``) so the line names the user's flag.
+        """
+        n = {
+            "temperature": "temperature",
+            "top_p": "top-p",
+            "min_p": "min-p",
+            "top_k": "top-k",
+            "max_tokens": "max tokens",
+        } | (names or {})
+
+        def number(field: str, integer: bool = False):
+            v = getattr(self, field)
+            ok = isinstance(v, int) if integer else isinstance(v, int | float)
+            if not ok or isinstance(v, bool):
+                kind = "a whole number" if integer else "a number"
+                raise InvalidParamsError(f"{n[field]} must be {kind} (got {v!r})")
+            return v
+
+        t = number("temperature")
+        if not math.isfinite(t) or t < 0:
+            raise InvalidParamsError(
+                f"{n['temperature']} must be a finite number >= 0 (0 = greedy; got {t})"
+            )
+        p = number("top_p")
+        if not 0.0 < p <= 1.0:  # NaN fails every comparison
+            raise InvalidParamsError(f"{n['top_p']} must be in (0, 1] (got {p})")
+        m = number("min_p")
+        if not 0.0 <= m <= 1.0:
+            raise InvalidParamsError(f"{n['min_p']} must be in [0, 1] (0 = off; got {m})")
+        if number("top_k", integer=True) < 0:
+            raise InvalidParamsError(f"{n['top_k']} must be >= 0 (0 = off; got {self.top_k})")
+        mt = number("max_tokens", integer=True)
+        if mt < 1 and mt != -1:
+            raise InvalidParamsError(
+                f"{n['max_tokens']} must be positive, or -1 for no limit (got {mt})"
+            )
+        tb = self.thinking_budget
+        if not isinstance(tb, int) or isinstance(tb, bool) or tb < 0:
+            name = n.get("thinking_budget", "thinking budget")
+            raise InvalidParamsError(f"{name} must be a whole number >= 0 (0 = no limit)")
+        return self
 
 
 @dataclass

@@ -13,6 +13,10 @@ class WrongArchitectureError(ModelLoadError):
     """The checkpoint is not a phi4flash / SambaY model."""
 
 
+class InvalidParamsError(PhiflashError):
+    """A generation setting or prompt is out of range (``GenerationParams.validate``)."""
+
+
 class ContextLengthError(PhiflashError):
     """The prompt (plus the requested tokens) does not fit the context."""
 

@@ -83,6 +83,9 @@ class MLXEngine:
             return tokens[n:]
         if self._pinned is not None:
             cached = self._pinned.tokens
+            if cached is None:  # a stock mlx_lm file: no token ids, `tokens` is what follows
+                self._cache, self._tokens = self._pinned.fresh_cache(), []
+                return tokens
             if len(cached) >= len(tokens) or tokens[: len(cached)] != cached:
                 raise PromptCacheError(
                     "the prompt cache was made for a prompt that is not a prefix of this one; "
@@ -107,6 +110,11 @@ class MLXEngine:
         # Every token mlx-lm yields has already been fed to the model (it runs one step
         # ahead), so the cache always holds prompt + all tokens received so far.
         self._tokens = self._tokens + new
+        extra = {}
+        if params.thinking_budget > 0:
+            from phiflash_mlx.thinking import budget_processor
+
+            extra["logits_processors"] = [budget_processor(self.tokenizer, params.thinking_budget)]
         gen = stream_generate(
             self.model,
             self.tokenizer,
@@ -118,6 +126,7 @@ class MLXEngine:
             top_k=params.top_k,
             prompt_cache=self._cache,
             prefill_step_size=self.prefill_step_size,
+            **extra,
         )
         try:
             for r in gen:

@@ -6,8 +6,55 @@ import argparse
 import sys
 
 from phiflash.console import command_main
-from phiflash.engine import DEFAULT_MAX_TOKENS, DEFAULT_TEMP, DEFAULT_TOP_P, GenerationParams
-from phiflash.errors import PhiflashError
+from phiflash.engine import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TEMP,
+    DEFAULT_TOP_P,
+    REASONING_CONTEXT,
+    REASONING_MAX_TOKENS,
+    GenerationParams,
+    default_max_tokens,
+)
+from phiflash.errors import InvalidParamsError, PhiflashError
+from phiflash.paths import RESOLUTION_HELP
+
+# what the user typed for each GenerationParams field, so a range error names the flag
+FLAG_NAMES = {
+    "temperature": "--temp",
+    "top_p": "--top-p",
+    "min_p": "--min-p",
+    "top_k": "--top-k",
+    "max_tokens": "--max-tokens",
+    "thinking_budget": "--thinking-budget",
+}
+
+
+KV_BITS_REFUSAL = (
+    "--kv-bits is not supported: SambaY's sliding-window and Mamba caches cannot be quantized "
+    "(stock mlx-lm fails the same way: RotatingKVCache Quantization NYI)"
+)
+
+
+def read_prompt(value: str) -> str:
+    """``--prompt``'s text ('-' = stdin, which must be UTF-8); an empty prompt is refused."""
+    if value == "-":
+        stream = getattr(sys.stdin, "buffer", None)
+        data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8", "replace")
+        try:
+            value = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidParamsError(
+                f"the prompt on stdin is not UTF-8 text (byte 0x{data[e.start]:02x} at "
+                f"offset {e.start})"
+            ) from None
+    else:
+        try:
+            value.encode("utf-8")  # undecodable argv bytes arrive as lone surrogates
+        except UnicodeEncodeError:
+            raise InvalidParamsError("the prompt is not UTF-8 text") from None
+    if not value.strip():
+        raise InvalidParamsError("the prompt is empty")
+    return value
 
 
 def str2bool(s: str) -> bool:
@@ -27,8 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=None,
-        help="model dir, .gguf file or Hugging Face repo id "
-        "(default: the bundled tutor model in weights/)",
+        help=f"{RESOLUTION_HELP} (default: the bundled tutor model in weights/)",
     )
     p.add_argument(
         "--engine",
@@ -47,8 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-tokens",
         "-m",
         type=int,
-        default=DEFAULT_MAX_TOKENS,
-        help=f"maximum number of tokens to generate (default {DEFAULT_MAX_TOKENS})",
+        default=None,
+        help=f"maximum number of tokens to generate; -1 = until the context is full "
+        f"(default {DEFAULT_MAX_TOKENS}; {REASONING_MAX_TOKENS} for a model with a context of "
+        f"{REASONING_CONTEXT // 1024}K or more, such as Phi-4-mini-flash-reasoning)",
+    )
+    p.add_argument(
+        "--thinking-budget",
+        type=int,
+        default=0,
+        metavar="N",
+        help="end the model's reasoning after N tokens inside <think> by generating </think> "
+        "(the answer follows; counts toward --max-tokens; default 0 = no limit)",
     )
     p.add_argument(
         "--temp",
@@ -62,8 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TOP_P,
         help=f"nucleus sampling top-p (default {DEFAULT_TOP_P})",
     )
-    p.add_argument("--min-p", type=float, default=0.0, help="min-p sampling (default off)")
-    p.add_argument("--top-k", type=int, default=0, help="top-k sampling (default off)")
+    p.add_argument(
+        "--min-p", type=float, default=0.0, help="min-p sampling, 0 to 1 (default 0 = off)"
+    )
+    p.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0 = off)")
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     p.add_argument(
         "--ignore-chat-template",
@@ -76,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a prompt cache from `phiflash cache-prompt` to start from",
     )
     p.add_argument(
+        "--kv-bits",
+        type=int,
+        default=None,
+        help="KV-cache quantization (mlx_lm's flag): not supported for SambaY, refused",
+    )
+    p.add_argument(
         "--verbose",
         type=str2bool,
         default=True,
@@ -86,18 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_tokens == 0 or args.max_tokens < -1:
-        print("error: --max-tokens must be positive", file=sys.stderr)
-        return 2
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     params = GenerationParams(
-        max_tokens=args.max_tokens,
+        max_tokens=DEFAULT_MAX_TOKENS if args.max_tokens is None else args.max_tokens,
         temperature=args.temp,
         top_p=args.top_p,
         top_k=args.top_k,
         min_p=args.min_p,
         seed=args.seed,
-    )
+        thinking_budget=args.thinking_budget,
+    ).validate(FLAG_NAMES)
+    if args.kv_bits is not None:
+        raise InvalidParamsError(KV_BITS_REFUSAL)
+    prompt = read_prompt(args.prompt)
     from phiflash.engines import open_engine
 
     kwargs = {}
@@ -112,7 +176,25 @@ def main(argv=None) -> int:
         prompt = meta.get("phiflash_prompt", "") + prompt
         args.system_prompt = args.system_prompt or meta.get("phiflash_system") or None
         args.model = args.model or meta.get("model")
+        if pinned.tokens is None:
+            print(
+                f"note: {args.prompt_cache_file} was made by mlx_lm.cache_prompt and stores no "
+                "token ids, so that this prompt continues its prefix cannot be checked",
+                file=sys.stderr,
+            )
     engine = open_engine(args.model, args.engine, **kwargs)
+    if args.max_tokens is None:  # the default follows the model (see --max-tokens)
+        params.max_tokens = default_max_tokens(engine.context_limit)
+    if args.prompt_cache_file:
+        kwargs["prompt_cache"].check_model(engine.model)
+        if kwargs["prompt_cache"].tokens is None and not args.ignore_chat_template:
+            # stock mlx_lm's rule: the file holds the chat up to the user's text; send the rest
+            messages = [{"role": "system", "content": args.system_prompt}] * bool(
+                args.system_prompt
+            ) + [{"role": "user", "content": "<query>"}]
+            text = engine.apply_chat_template(messages)
+            prompt = text[text.index("<query>") :].replace("<query>", prompt, 1)
+            args.ignore_chat_template = True
     if args.ignore_chat_template:
         stream = engine.stream_prompt(prompt, params)
     else:
