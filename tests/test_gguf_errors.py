@@ -1,7 +1,12 @@
-"""Bad input for the GGUF side: one clear line and a non-zero exit, never a traceback."""
+"""Bad input for the GGUF side and the converters: one clear line and a non-zero exit, never a
+traceback, the input unchanged and nothing written; convert-gguf's safe output."""
 
+import ctypes
+import hashlib
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +115,245 @@ def test_convert_cli_errors(tmp_path):
     _one_line_error(_cli("convert-gguf", "--hf-path", str(cut), "--outfile", str(out)), "truncated")
     assert not out.exists()
     assert not list(tmp_path.glob(".o.gguf*"))  # no temp file left behind
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad checkpoints and outputs, through the installed `phiflash` command: convert, convert-gguf
+# and the loader behind generate give one line, exit != 0, leave the input unchanged and write
+# nothing.
+
+PHIFLASH = Path(sys.executable).with_name("phiflash")
+CMD = [str(PHIFLASH)] if PHIFLASH.is_file() else [sys.executable, "-m", "phiflash.cli"]
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+
+
+def _drop_dac_override():
+    """Run the child without root's permission bypass, so a 0555 folder is read-only to it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def phiflash(*args, as_user=False, timeout=300, **kw):
+    root = as_user and os.geteuid() == 0
+    return subprocess.run(
+        [*CMD, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+        cwd=ROOT,
+        preexec_fn=_drop_dac_override if root else None,
+        **kw,
+    )
+
+
+def snapshot(*dirs: Path) -> dict:
+    """Every file under ``dirs`` with its size, mtime and content hash."""
+    out = {}
+    for d in dirs:
+        for f in sorted(d.rglob("*")):
+            if f.is_file():
+                out[str(f)] = (f.stat().st_size, f.stat().st_mtime_ns, _sha(f))
+            else:
+                out[str(f)] = "dir"
+    return out
+
+
+def _sha(f: Path) -> str:
+    return hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def _config_edit(fn):
+    def setup(d: Path):
+        cfg = json.loads((d / "config.json").read_text())
+        fn(cfg)
+        (d / "config.json").write_text(json.dumps(cfg))
+
+    return setup
+
+
+def _weights_edit(fn):
+    def setup(d: Path):
+        import mlx.core as mx
+
+        w = mx.load(str(d / "model.safetensors"))
+        fn(w)
+        mx.save_safetensors(str(d / "model.safetensors"), w)
+
+    return setup
+
+
+def _truncate(d: Path):
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-5000])
+
+
+def _bad_json(d: Path):
+    (d / "config.json").write_text('{"model_type": "phi4flash",')
+
+
+def _set_d_shape(w):
+    import mlx.core as mx
+
+    w["model.layers.0.attn.D"] = mx.zeros((7,), dtype=mx.bfloat16)
+
+
+BAD_INPUTS = {
+    "incomplete-config": (_config_edit(lambda c: c.pop("hidden_size")), "no 'hidden_size'"),
+    "llama-model-type": (
+        _config_edit(lambda c: c.update(model_type="llama")),
+        "is a 'llama' model, not phi4flash",
+    ),
+    "llama-architecture": (
+        _config_edit(lambda c: c.update(architectures=["LlamaForCausalLM"])),
+        "is a 'LlamaForCausalLM' model, not phi4flash",
+    ),
+    "misshapen-tensor": (
+        _weights_edit(_set_d_shape),
+        "tensor model.layers.0.attn.D has shape (7,), expected (256,)",
+    ),
+    "missing-tensor": (
+        _weights_edit(lambda w: w.pop("model.layers.5.attn.Wqkv.bias")),
+        "missing tensors: model.layers.5.attn.Wqkv.bias",
+    ),
+    "truncated-weights": (_truncate, "truncated safetensors file model.safetensors"),
+    "config-not-json": (_bad_json, "is not valid JSON"),
+}
+
+
+def _command(cmd: str, src: Path, out_dir: Path) -> list:
+    if cmd == "convert":
+        return ["convert", "--hf-path", src, "--mlx-path", out_dir / "mlx", "--no-progress"]
+    if cmd == "convert-gguf":
+        return ["convert-gguf", "--hf-path", src, "--outfile", out_dir / "m.gguf", "--quiet"]
+    return ["generate", "--model", src, "--prompt", "hi", "--max-tokens", "2"]
+
+
+def _assert_one_line_refusal(proc, needle):
+    err = proc.stderr.strip()
+    assert proc.returncode not in (0, None), proc.stdout
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and needle in err, err
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("cmd", ["convert", "convert-gguf", "generate"])
+def test_bad_checkpoint_one_line_nothing_written(tmp_path, cmd, case):
+    setup, needle = BAD_INPUTS[case]
+    src = tmp_path / "ckpt"
+    shutil.copytree(TINY, src)
+    setup(src)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    before = snapshot(src, out_dir)
+    proc = phiflash(*_command(cmd, src, out_dir), as_user=True)
+    _assert_one_line_refusal(proc, needle)
+    assert snapshot(src, out_dir) == before  # input unchanged, no stray file anywhere
+
+
+def test_mixed_model_type_is_one_verdict_for_every_command(tmp_path):
+    """model_type llama with Phi4Flash architectures: the same sentence from all three."""
+    src = tmp_path / "ckpt"
+    shutil.copytree(TINY, src)
+    _config_edit(lambda c: c.update(model_type="llama"))(src)
+    msgs = set()
+    for cmd in ("convert", "convert-gguf", "generate"):
+        proc = phiflash(*_command(cmd, src, tmp_path))
+        assert proc.returncode == 1, proc.stderr
+        msgs.add(proc.stderr.strip().replace(str(src.resolve()), str(src)))
+    assert len(msgs) == 1, msgs
+    assert "model_type 'llama' but architectures Phi4FlashForCausalLM" in msgs.pop()
+
+
+@pytest.mark.parametrize("cmd", ["convert", "convert-gguf"])
+def test_read_only_output_folder(tmp_path, cmd):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        before = snapshot(TINY, ro)
+        proc = phiflash(*_command(cmd, TINY, ro), as_user=True)
+        _assert_one_line_refusal(proc, "permission denied")
+        assert snapshot(TINY, ro) == before
+    finally:
+        ro.chmod(0o755)
+
+
+def test_convert_gguf_force_and_mode(tmp_path):
+    out = tmp_path / "m.gguf"
+    out.write_bytes(b"keep me")
+    proc = phiflash("convert-gguf", "--hf-path", TINY, "--outfile", out, "--outtype", "f32")
+    _assert_one_line_refusal(proc, "already exists; pass --force")
+    assert out.read_bytes() == b"keep me"
+    proc = phiflash(
+        "convert-gguf", "--hf-path", TINY, "--outfile", out, "--outtype", "f32", "--force"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:4] == b"GGUF"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask  # 0644 under the usual umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
+@pytest.mark.parametrize("target", ["model.safetensors", "tokenizer.json", "link-to-weights"])
+def test_convert_gguf_never_writes_over_an_input(tmp_path, target):
+    src = tmp_path / "ckpt"
+    shutil.copytree(TINY, src)
+    out = src / target
+    if target.startswith("link"):
+        out.symlink_to(src / "model.safetensors")
+    before = snapshot(src)
+    proc = phiflash("convert-gguf", "--hf-path", src, "--outfile", out, "--force", "--quiet")
+    _assert_one_line_refusal(proc, "is an input file")
+    assert snapshot(src) == before
+
+
+def test_default_outfile_beside_the_checkpoint_is_not_an_input(tmp_path):
+    src = tmp_path / "ckpt"
+    shutil.copytree(TINY, src)
+    for _ in range(2):  # the second run replaces the first output with --force
+        proc = phiflash("convert-gguf", "--hf-path", src, "--outtype", "f16", "--quiet", "--force")
+        assert proc.returncode == 0, proc.stderr
+    assert (src / "ckpt-F16.gguf").is_file()
+    assert not [p for p in src.iterdir() if "phiflash-tmp" in p.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# The 16-bit intermediate
+
+
+def test_intermediate_keeps_checkpoint_dtypes_and_quantizes_as_f32(tmp_path):
+    """bf16 matrices are copied as bf16, only F32-stored ones stay F32 (A_log is 2-D F32 in the
+    real checkpoint), and the quantized file equals one made from a full F32 intermediate."""
+    import gguf
+    import mlx.core as mx
+
+    from phiflash.quantize import gguf_convert as gc
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(TINY, src)
+    _weights_edit(
+        lambda w: w.__setitem__(
+            "model.layers.1.mlp.fc1.weight", w["model.layers.1.mlp.fc1.weight"].astype(mx.float32)
+        )
+    )(src)
+    ck = gc.read_checkpoint(src)
+    mid = tmp_path / "mid.gguf"
+    gc.write_float_gguf(ck, mid, "source", progress=False)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(mid).tensors}
+    assert types["token_embd.weight"] == "BF16"
+    assert types["blk.0.ffn_up.weight"] == "BF16"
+    assert types["blk.1.ffn_up.weight"] == "F32"  # stored F32 in the checkpoint
+    assert types["blk.0.ssm_a"] == "F32" and types["blk.0.ssm_d"] == "F32"
+    matrices = [p for p in ck.plan if len(p.shape) == 2 and not p.force_f32]
+    assert sum(p.ref.nbytes for p in matrices) <= mid.stat().st_size
+
+    new = gc.convert(src, tmp_path / "new.gguf", "q8_0", progress=False)
+    f32 = tmp_path / "f32.gguf"
+    gc.write_float_gguf(ck, f32, "f32", progress=False)
+    gc.quantize_gguf(f32, tmp_path / "old.gguf", "q8_0")
+    assert _sha(new) == _sha(tmp_path / "old.gguf")
