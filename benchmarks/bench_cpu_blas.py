@@ -13,14 +13,11 @@ import json
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import seconds
 
 
 def measure(tokens: int, dtype: str) -> dict:
-    sys.path.insert(0, str(ROOT))
     from phiflash.blas import preload_openblas
 
     status = preload_openblas()
@@ -51,9 +48,7 @@ def measure(tokens: int, dtype: str) -> dict:
         mx.eval(model(toks[:, -1:], cache=cache))
 
     run()
-    t = time.perf_counter()
-    run()
-    dt = time.perf_counter() - t
+    dt = seconds(run)
     return {"blas": status, "tokens": tokens, "dtype": dtype, "prompt_tok_s": tokens / dt}
 
 

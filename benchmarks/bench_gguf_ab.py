@@ -18,9 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gguf_cpu import Model, interleaved  # noqa: E402
+from bench_gguf_cpu import Model, interleaved
 
 
 def main(argv=None) -> int:

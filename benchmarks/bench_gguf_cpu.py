@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
@@ -40,9 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from _common import ROOT, machine_line, real_config, seconds
 
-ROOT = Path(__file__).resolve().parent.parent
-REAL_CONFIG = ROOT / "tests" / "fixtures" / "real-config" / "config.json"
 FULL_KV_LAYERS = 8  # SambaY layers that read the whole cache: the global layer and 7 cross layers
 TOKENIZER_DIR = ROOT / "tests" / "fixtures" / "sambay-tiny"  # padded to the full vocab
 
@@ -123,7 +120,7 @@ def _add_vocab(w, n_vocab: int) -> None:
 def write_sambay(path: Path, quant: str) -> None:
     from phiflash.quantize import gguf_convert as gc
 
-    cfg = json.loads(REAL_CONFIG.read_text())
+    cfg = real_config()
     lay = gc.layout_of(cfg)
     h, ff, n_vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
@@ -212,7 +209,7 @@ def kv_bytes_per_token(arch: str, ctx: int) -> float:
     if arch == "phi3":
         c = PHI4_MINI
         return c["layers"] * ctx * c["kv_heads"] * (c["hidden"] // c["heads"]) * 2 * 2
-    cfg = json.loads(REAL_CONFIG.read_text())
+    cfg = real_config()
     row = cfg["num_key_value_heads"] * (cfg["hidden_size"] // cfg["num_attention_heads"]) * 2
     # the fork's decode op reads each layer's K and V once for both differential branches;
     # 8 SWA layers over <= window keys, FULL_KV_LAYERS over all keys
@@ -293,6 +290,7 @@ def segment_fill(lc, llm, n: int, toks) -> None:
 def serve(args) -> None:
     """Child: open one model, then answer JSON commands on stdin with JSON lines on stdout."""
     from phiflash_gguf.build import ensure_llama_cpp
+    from phiflash_gguf.engine import _peak_rss_gb
 
     out, sys.stdout = sys.stdout, sys.stderr  # stdout carries the replies and nothing else
     lc = ensure_llama_cpp()
@@ -313,11 +311,6 @@ def serve(args) -> None:
     def toks(n):
         return rng.integers(0, min(llm.n_vocab(), 1000), size=n).tolist()
 
-    def timed(fn, *a) -> float:
-        t = time.perf_counter()
-        fn(*a)
-        return time.perf_counter() - t
-
     def fill(n):
         if llm.n_tokens != n:  # the prompt point of the same length already filled it
             if args.segment_fill:
@@ -334,11 +327,15 @@ def serve(args) -> None:
         llm.reset()
         llm.eval(toks(n))
 
+    def step():
+        t = toks(1)  # drawn before the clock starts
+        return seconds(lambda: llm.eval(t))
+
     ops = {
-        "prompt": lambda c: timed(prompt, c["n"]),
-        "fill": lambda c: timed(fill, c["n"]),
-        "step": lambda c: timed(llm.eval, toks(1)),
-        "rss": lambda c: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "prompt": lambda c: seconds(lambda: prompt(c["n"])),
+        "fill": lambda c: seconds(lambda: fill(c["n"])),
+        "step": lambda c: step(),
+        "rss": lambda c: _peak_rss_gb(),
     }
     print(json.dumps({"ready": time.perf_counter() - t0}), file=out, flush=True)
     for line in sys.stdin:
@@ -585,19 +582,11 @@ def main(argv=None) -> int:
         for p in r["tg"].values()
         for b in p["bw"]
     ]
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     print()
     print(
         f"SambaY on llama-cpp-python {FORK_VERSION}, Phi-4-mini on "
         + ("upstream 0.3.36 (same recipe)" if args.baseline_lib else "the same fork wheel")
-        + f"; {args.threads} threads, {cpu}, {os.cpu_count()} CPUs, "
+        + f"; {args.threads} threads, {machine_line()}; "
         f"read bandwidth {bw:.1f} GB/s at start"
         + (f" ({min(all_bw):.1f}-{max(all_bw):.1f} over the rounds)" if all_bw else "")
         + f", flash attention on, F16 KV; {args.gen} decode rounds, {args.repeat} prompt round(s)"

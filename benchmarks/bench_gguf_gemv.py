@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from _common import seconds
 
 from phiflash_gguf.kernels import GEMV_Q4_0, QK8_0, load_ggml_cpu, q4_0x8_operands
 
@@ -49,9 +49,7 @@ def run(fn, pool, threads: int, n: int, rows: int, w, a, out) -> float:
             r1 - r0,
         )
 
-    t = time.perf_counter()
-    list(pool.map(part, range(threads)))
-    return time.perf_counter() - t
+    return seconds(lambda: list(pool.map(part, range(threads))))
 
 
 def main(argv=None) -> int:

@@ -1,9 +1,10 @@
 """The fork's decode-time attention op on its own: one revision against another, in seconds.
 
 A full-model decode benchmark at 16K needs minutes of prompt to fill the cache, and the step is
-mostly weight kernels. This compiles ``op_harness.cpp`` around the op's source (the anonymous
-namespace of ``phiflash_gguf/overlay/src/models/sambay.cpp``) and times it on the real model's
-attention shapes: one F16 cache of N cells read by the global layer and the 7 cross-decoder
+mostly weight kernels. This compiles ``op_harness.cpp`` around the op's source
+(``phiflash_gguf/overlay/src/models/sambay-diff-attn.cpp``; for revisions from before that file,
+fork rev 7 and older, the op's anonymous namespace in ``sambay.cpp``) and times it on the real
+model's attention shapes: one F16 cache of N cells read by the global layer and the 7 cross-decoder
 layers, a 256 MB stream standing in for each layer's weights between calls. With ``--ref REV``
 the same harness is built from that git revision of the overlay too, and the two binaries run
 alternately, round by round, so the ratio is measured in one run on one host.
@@ -26,32 +27,51 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _common import ROOT, real_config
+from bench_gguf_cpu import FULL_KV_LAYERS
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-OVERLAY = "phiflash_gguf/overlay/src/models/sambay.cpp"
+MODELS = "phiflash_gguf/overlay/src/models"
+OP_FILES = ("sambay-diff-attn.h", "sambay-diff-attn.cpp")
 
-sys.path.insert(0, str(HERE))
-from bench_gguf_cpu import FULL_KV_LAYERS, REAL_CONFIG  # noqa: E402
+# revisions where the op is the anonymous namespace of sambay.cpp: the names the harness uses
+LEGACY_ADAPTER = """
+inline int64_t n_chunks(int64_t n_kv) { return std::max<int64_t>(1, n_kv/DIFF_CHUNK_KEYS); }
+inline int64_t partials_width(int64_t hd, int64_t nh) { return (2 + 2*hd)*nh; }
+inline void partials_op(ggml_tensor * dst, int ith, int nth, void * ud) {
+    diff_partials_op(dst, ith, nth, ud);
+}
+"""
+LEGACY_PRELUDE = """#if defined(__x86_64__)
+#include <immintrin.h>
+#define SAMBAY_X86 1
+#endif
+"""
 
 
-def op_block(source: str) -> str:
-    """The anonymous namespace of sambay.cpp: the op and its kernels."""
-    m = re.search(r"^namespace \{\n.*?^\} // namespace\n", source, re.S | re.M)
-    if not m:
-        raise SystemExit("bench_gguf_op: no anonymous namespace in the overlay source")
-    return m.group(0)
-
-
-def overlay_source(rev: str | None) -> str:
+def _read(rev: str | None, path: str) -> str | None:
+    """``path`` in the working tree (rev None) or at git revision ``rev``; None if absent."""
     if rev is None:
-        return (REPO / OVERLAY).read_text()
+        f = ROOT / path
+        return f.read_text() if f.is_file() else None
     r = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{rev}:{OVERLAY}"], capture_output=True, text=True
+        ["git", "-C", str(ROOT), "show", f"{rev}:{path}"], capture_output=True, text=True
     )
-    if r.returncode != 0:
-        raise SystemExit(f"bench_gguf_op: git show {rev}:{OVERLAY}: {r.stderr.strip()}")
-    return r.stdout
+    return r.stdout if r.returncode == 0 else None
+
+
+def op_sources(rev: str | None) -> dict[str, str]:
+    """The files the harness compiles for revision ``rev``: ``op_block.inc`` and what it
+    includes."""
+    files = {name: _read(rev, f"{MODELS}/{name}") for name in OP_FILES}
+    if all(files.values()):
+        return {**files, "op_block.inc": f'#include "{OP_FILES[1]}"\n'}
+    model = _read(rev, f"{MODELS}/sambay.cpp")
+    m = re.search(r"^namespace \{\n.*?^\} // namespace\n", model or "", re.S | re.M)
+    if not m:
+        raise SystemExit(f"bench_gguf_op: no decode op found at {rev or 'the working tree'}")
+    block = LEGACY_PRELUDE + "namespace sambay_diff {\n" + m.group(0) + LEGACY_ADAPTER + "}\n"
+    return {"op_block.inc": block}
 
 
 def ggml_include(dst: Path) -> Path:
@@ -67,10 +87,11 @@ def ggml_include(dst: Path) -> Path:
     return next(dst.rglob("ggml/include"))
 
 
-def build(name: str, source: str, work: Path, inc: Path, lib: Path) -> Path:
+def build(name: str, sources: dict[str, str], work: Path, inc: Path, lib: Path) -> Path:
     d = work / name
     d.mkdir()
-    (d / "op_block.inc").write_text(op_block(source))
+    for fname, text in sources.items():
+        (d / fname).write_text(text)
     (d / "op_harness.cpp").write_text((HERE / "op_harness.cpp").read_text())
     exe = d / "op_harness"
     cmd = ["g++", "-O3", "-std=c++17", f"-I{inc}", str(d / "op_harness.cpp"), "-o", str(exe)]
@@ -100,16 +121,16 @@ def main(argv=None) -> int:
     from phiflash_gguf.build import ensure_llama_cpp
 
     lib = Path(ensure_llama_cpp().__file__).parent / "lib"
-    cfg = json.loads(REAL_CONFIG.read_text())
+    cfg = real_config()
     hd = cfg["hidden_size"] // cfg["num_attention_heads"]
     shape = [hd, cfg["num_attention_heads"], cfg["num_key_value_heads"], FULL_KV_LAYERS]
 
     with tempfile.TemporaryDirectory(prefix="phiflash-op-") as tmp:
         work = Path(tmp)
         inc = ggml_include(work / "sdist")
-        builds = {"this": build("this", overlay_source(None), work, inc, lib)}
+        builds = {"this": build("this", op_sources(None), work, inc, lib)}
         if args.ref:
-            builds[args.ref] = build("ref", overlay_source(args.ref), work, inc, lib)
+            builds[args.ref] = build("ref", op_sources(args.ref), work, inc, lib)
         names = list(builds)
         print(
             f"op: hd {hd}, {shape[1]} heads, {shape[2]} KV heads, {FULL_KV_LAYERS} layers, "

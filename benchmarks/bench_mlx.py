@@ -25,17 +25,18 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
+import mlx.core as mx
+import mlx.nn as nn
+from _common import QUICK_SIZES, QUICK_VOCAB, real_config
+from _common import mlx_timed as timed
+from mlx.utils import tree_flatten
+from mlx_lm.generate import generate_step
+from mlx_lm.models import phi3
+from mlx_lm.models.cache import ArraysCache, RotatingKVCache, make_prompt_cache
 
-import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
-from mlx.utils import tree_flatten  # noqa: E402
-from mlx_lm.generate import generate_step  # noqa: E402
-from mlx_lm.models import phi3  # noqa: E402
-from mlx_lm.models.cache import ArraysCache, RotatingKVCache, make_prompt_cache  # noqa: E402
-
-import phiflash_mlx  # noqa: E402, F401  (loads OpenBLAS on Linux CPU before mlx)
-from phiflash_mlx.model import (  # noqa: E402
+from phiflash.quantize.convert import quantize_model
+from phiflash_mlx.model import (
     Model,
     ModelArgs,
     keeps_fp32,
@@ -44,32 +45,9 @@ from phiflash_mlx.model import (  # noqa: E402
     ssm_step,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-REAL_CONFIG = ROOT / "tests" / "fixtures" / "real-config" / "config.json"
-
-
-# --quick shrinks both models to these widths (all layer kinds and counts stay).
-QUICK_SIZES = dict(
-    hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=4
-)
-
-
-def timed(fn, reps: int = 5) -> float:
-    """Seconds per call of ``fn`` (evaluated), after one untimed call."""
-    mx.eval(fn())
-    mx.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        mx.eval(fn())
-    mx.synchronize()
-    return (time.perf_counter() - t) / reps
-
 
 def ours_model(quick: bool):
-    cfg = json.loads(REAL_CONFIG.read_text())
-    if quick:
-        cfg.update(QUICK_SIZES, vocab_size=4096)
-    return Model(ModelArgs.from_dict(cfg))
+    return Model(ModelArgs.from_dict(real_config(quick)))
 
 
 def phi3_model(quick: bool):
@@ -87,7 +65,7 @@ def phi3_model(quick: bool):
         max_position_embeddings=131072,
     )
     if quick:
-        args.update(QUICK_SIZES, vocab_size=4096)
+        args.update(QUICK_SIZES, vocab_size=QUICK_VOCAB)
     return phi3.Model(phi3.ModelArgs(**args))
 
 
@@ -98,23 +76,10 @@ def to_bf16(model):
 
 
 def quantize(model, bits: int, recipe: str | None = None):
-    if "phiflash.quantize" not in sys.modules:  # run from a source tree, not installed
-        try:
-            import phiflash.quantize  # noqa: F401
-        except ImportError:
-            import quantize as _q
-
-            sys.modules["phiflash.quantize"] = _q
-    try:  # the converter's own predicate and recipes, when present
-        from phiflash.quantize.convert import quantize_model
-
-        if isinstance(model, Model):
-            quantize_model(model, q_bits=bits, q_group_size=64, recipe=recipe)
-            mx.eval(model.parameters())
-            return
-    except ImportError:
-        if recipe:
-            raise
+    if isinstance(model, Model):  # the converter's own predicate and recipes
+        quantize_model(model, q_bits=bits, q_group_size=64, recipe=recipe)
+        mx.eval(model.parameters())
+        return
     nn.quantize(
         model,
         group_size=64,
@@ -342,7 +307,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.prompts = [int(x) for x in args.prompts.split(",") if x not in ("", "none")]
     args.contexts = [int(x) for x in args.contexts.split(",")]
-    vocab = 4096 if args.quick else 200064
+    vocab = QUICK_VOCAB if args.quick else 200064
     info = {"mlx": mx.__version__, "device": str(mx.default_device())}
     if mx.cuda.is_available():
         info["backend"] = "cuda"

@@ -24,7 +24,6 @@ def rel(a: np.ndarray, ref: np.ndarray) -> float:
 
 def main() -> int:
     from phiflash.quantize.gguf_convert import convert
-
     from phiflash_gguf.build import FORK_VERSION, ensure_llama_cpp
 
     lc = ensure_llama_cpp()

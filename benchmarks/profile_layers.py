@@ -5,23 +5,17 @@ python benchmarks/profile_layers.py [--tokens 2048] [--quick]
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
+import mlx.core as mx
+from _common import mlx_timed, real_config
+from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache
 
-import mlx.core as mx  # noqa: E402
-from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache  # noqa: E402
-
-import phiflash_mlx  # noqa: E402, F401
-from benchmarks.bench_mlx import QUICK_SIZES, timed  # noqa: E402
-from phiflash_mlx.model import DecoderLayer, ModelArgs  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+from phiflash_mlx.model import DecoderLayer, ModelArgs
 
 
 def ms(fn) -> float:
-    return timed(fn) * 1e3
+    return mlx_timed(fn) * 1e3
 
 
 def main():
@@ -29,10 +23,7 @@ def main():
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
-    cfg = json.loads((ROOT / "tests/fixtures/real-config/config.json").read_text())
-    if a.quick:
-        cfg.update(QUICK_SIZES)
-    args = ModelArgs.from_dict(cfg)
+    args = ModelArgs.from_dict(real_config(a.quick))
     T, H = a.tokens, args.hidden_size
     bf = mx.bfloat16
     x = mx.random.normal((1, T, H))

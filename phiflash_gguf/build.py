@@ -3,10 +3,16 @@
 Run as ``python -m phiflash_gguf.build`` (the Makefile's ``fork`` target).
 
 Steps (each cached): download the pinned llama-cpp-python sdist from PyPI and check its
-sha256; unpack it; copy ``overlay/`` over ``vendor/llama.cpp`` and apply ``patches/*.patch``;
-switch the package's common library off and set the version to ``0.3.36+sambay.N``; build a
-wheel with scikit-build-core; install it. The wheel is cached under the fork hash (sdist hash +
-patches + overlay + this recipe), so a second run with nothing changed returns in a second.
+sha256; unpack it; copy ``overlay/`` over ``vendor/llama.cpp`` (new files under ``src/models/``
+are compiled by llama.cpp's own ``models/*.cpp`` glob) and apply ``patches/*.patch`` with our own
+unified-diff applier (:mod:`phiflash_gguf.udiff`, no ``patch`` binary); switch the package's
+common library off and set the version to ``0.3.36+sambay.N``; build a wheel with
+scikit-build-core; install it.
+
+ggml compiles for the building CPU (``-march=native``), so a wheel built on an AVX-512 machine
+would crash on an AVX2-only one. The wheel is therefore cached under the build key: the fork hash
+(sdist hash + patches + overlay + this recipe) and a tag of the CPU's feature flags. A second
+run with nothing changed returns in a second; another CPU builds its own wheel.
 
 Environment: ``PHIFLASH_CACHE`` (default ``<repo>/.cache``) holds the download, the source tree,
 the build dir and the wheels. For development, ``LLAMA_CPP_LIB_PATH`` pointing at a CMake-built
@@ -17,17 +23,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
+
+from phiflash_gguf import udiff
 
 PKG_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PKG_DIR.parent
@@ -38,7 +46,7 @@ UPSTREAM = "llama-cpp-python"
 UPSTREAM_VERSION = "0.3.36"
 SDIST_NAME = f"llama_cpp_python-{UPSTREAM_VERSION}.tar.gz"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-FORK_REV = 7  # bump on every change to the patch series or overlay
+FORK_REV = 8  # bump on every change to the patch series or overlay
 FORK_VERSION = f"{UPSTREAM_VERSION}+sambay.{FORK_REV}"
 CMAKE_ARGS = "-DLLAVA_BUILD=OFF"
 STAMP_NAME = ".phiflash-fork"
@@ -47,6 +55,37 @@ RECIPE = f"{FORK_VERSION}|{CMAKE_ARGS}|common-off|v1"
 
 class BuildError(RuntimeError):
     pass
+
+
+def cpu_flags() -> str:
+    """The building CPU's instruction-set description, which ``-march=native`` compiles for:
+    the ``flags`` (x86) or ``Features`` (Arm) line of /proc/cpuinfo on Linux, the CPU feature
+    sysctls on macOS, else the machine and processor names Python reports."""
+    system = platform.system()
+    if system == "Linux":
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            text = ""
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                return " ".join(sorted(set(value.split())))
+    elif system == "Darwin":
+        try:
+            out = subprocess.run(["sysctl", "-a"], capture_output=True, text=True).stdout
+        except OSError:
+            out = ""
+        keys = ("machdep.cpu.brand_string", "machdep.cpu.features", "machdep.cpu.leaf7_features")
+        keep = [ln for ln in out.splitlines() if ln.startswith((*keys, "hw.optional."))]
+        if keep:
+            return "\n".join(sorted(keep))
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def cpu_tag() -> str:
+    """Short hash of the machine type and :func:`cpu_flags`, in every -march=native cache key."""
+    return hashlib.sha256(f"{platform.machine()}|{cpu_flags()}".encode()).hexdigest()[:8]
 
 
 def cache_dir() -> Path:
@@ -60,6 +99,7 @@ def fork_files() -> list[Path]:
 
 
 def fork_hash() -> str:
+    """Hash of what the fork is built from: sdist, recipe, overlay and patches."""
     h = hashlib.sha256()
     h.update(RECIPE.encode())
     h.update(SDIST_SHA256.encode())
@@ -67,6 +107,11 @@ def fork_hash() -> str:
         h.update(str(p.relative_to(PKG_DIR)).encode() + b"\0")
         h.update(p.read_bytes() + b"\0")
     return h.hexdigest()[:16]
+
+
+def build_key() -> str:
+    """The wheel's cache key and installed stamp: the fork hash and the CPU it was built for."""
+    return f"{fork_hash()}-{cpu_tag()}"
 
 
 def _log(msg: str) -> None:
@@ -119,7 +164,7 @@ def _run(
 
 
 def installed_hash() -> str | None:
-    """The fork hash stamped into the installed llama_cpp package, if it is our fork."""
+    """The build key stamped into the installed llama_cpp package, if it is our fork."""
     try:
         if importlib.metadata.version("llama_cpp_python") != FORK_VERSION:
             return None
@@ -186,10 +231,10 @@ def prepare_source(sdist: Path, src_root: Path | None = None, fork: bool = True)
         shutil.copyfile(f, dst)
     for patch in sorted(PATCH_DIR.glob("*.patch")) if fork else []:
         _log(f"applying {patch.name}")
-        _run(
-            ["patch", "-p1", "--forward", "--batch", "-d", str(vendor), "-i", str(patch)],
-            f"patch {patch.name}",
-        )
+        try:
+            udiff.apply(patch, vendor)
+        except udiff.PatchError as e:
+            raise BuildError(str(e)) from None
 
     cml = pkg / "CMakeLists.txt"
     text = cml.read_text()
@@ -206,7 +251,7 @@ def prepare_source(sdist: Path, src_root: Path | None = None, fork: bool = True)
     if old not in text:
         raise BuildError("llama_cpp/__init__.py: version line not found")
     init.write_text(text.replace(old, f'__version__ = "{FORK_VERSION}"'))
-    (pkg / "llama_cpp" / STAMP_NAME).write_text(fork_hash() + "\n")
+    (pkg / "llama_cpp" / STAMP_NAME).write_text(build_key() + "\n")
     return pkg
 
 
@@ -261,23 +306,56 @@ def build_lock(name: str = "build", what: str = "the fork"):
     stock library needs the fork) takes both without waiting on itself.
     """
     cache_dir().mkdir(parents=True, exist_ok=True)
-    with open(cache_dir() / f"{name}.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with open(cache_dir() / f"{name}.lock", "a+b") as f:
+        if not _try_lock(f):
             _log(f"another process is building {what}; waiting for it")
-            fcntl.flock(f, fcntl.LOCK_EX)
+            _lock(f)
         yield
 
 
+# file locks: fcntl.flock on POSIX, msvcrt.locking (first byte) on Windows; imported when used
+def _try_lock(f) -> bool:
+    if sys.platform == "win32":
+        import msvcrt
+
+        try:
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _lock(f) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        while True:  # LK_LOCK gives up after 10 tries of a second each
+            try:
+                msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+                return
+            except OSError:
+                continue
+    import fcntl
+
+    fcntl.flock(f, fcntl.LOCK_EX)
+
+
 def build(force: bool = False) -> str:
-    """Make sure the fork is installed in this interpreter's environment; returns its hash."""
+    """Make sure the fork is installed in this interpreter's environment; returns its build
+    key (:func:`build_key`)."""
     with build_lock():
         return _build_locked(force)
 
 
 def _build_locked(force: bool) -> str:
-    want = fork_hash()
+    want = build_key()
     if not force and installed_hash() == want:
         _log(f"llama-cpp-python {FORK_VERSION} (fork {want}) already installed")
         return want
@@ -304,7 +382,7 @@ def ensure_llama_cpp():
     that library and nothing is built.
     """
     if "llama_cpp" not in sys.modules and not os.environ.get("LLAMA_CPP_LIB_PATH"):
-        if installed_hash() != fork_hash():
+        if installed_hash() != build_key():
             build()
     import llama_cpp
 
@@ -314,10 +392,14 @@ def ensure_llama_cpp():
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m phiflash_gguf.build", description=__doc__)
     ap.add_argument("--force", action="store_true", help="rebuild even if cached")
-    ap.add_argument("--print-hash", action="store_true", help="print the fork hash and exit")
+    ap.add_argument(
+        "--print-hash",
+        action="store_true",
+        help="print the fork hash (sources) and the build key (sources + CPU) and exit",
+    )
     args = ap.parse_args(argv)
     if args.print_hash:
-        print(fork_hash())
+        print(f"fork hash {fork_hash()}, build key {build_key()}")
         return 0
     try:
         build(force=args.force)

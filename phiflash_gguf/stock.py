@@ -1,12 +1,14 @@
 """Stock llama.cpp: what an unpatched llama-cpp-python does with our GGUF, and how fast it is.
 
-Two builds of the *unpatched* pinned sdist, each cached under the sdist hash:
+Two builds of the *unpatched* pinned sdist, each cached under the sdist hash (the optimized
+one also under the CPU tag, as it is compiled ``-march=native``):
 
 - :func:`ensure_stock_lib`, for the refusal check: ``libllama.so`` compiled from the upstream
   ``vendor/llama.cpp/src`` at ``-O0`` (it only ever loads a model's header and refuses it; 188
-  files, 4.5 minutes from scratch on a 2-core machine), linked against the ``libggml*`` the
-  fork wheel installed. The fork's ggml patch (``patches/0002``) changes one kernel's speed,
-  not its results (bit-identical) nor any API, so model loading is upstream's.
+  files, 4.5 minutes from scratch on a 2-core Intel Xeon VM, 2026-11-23), linked against the
+  ``libggml*`` the fork wheel installed. The fork's ggml patches (``patches/0002``, ``0003``)
+  change kernels' speed, not their results (bit-identical) nor any API, so model loading is
+  upstream's.
 - :func:`ensure_upstream_lib`, the benchmark's baseline: the whole library set (libllama and
   ggml) built from the unpatched sdist by the fork's own recipe (same CMake flags, same
   compiler), so Phi-4-mini runs on upstream kernels.
@@ -38,6 +40,7 @@ from phiflash_gguf.build import (
     build_lock,
     build_wheel,
     cache_dir,
+    cpu_tag,
     ensure_llama_cpp,
     fetch_sdist,
     prepare_source,
@@ -138,7 +141,8 @@ def _build_stock(lib: Path) -> None:
 
 
 def upstream_dir() -> Path:
-    return cache_dir() / f"upstream-{SDIST_SHA256[:16]}"
+    # compiled -march=native like the fork: one build per CPU
+    return cache_dir() / f"upstream-{SDIST_SHA256[:16]}-{cpu_tag()}"
 
 
 def ensure_upstream_lib() -> Path:

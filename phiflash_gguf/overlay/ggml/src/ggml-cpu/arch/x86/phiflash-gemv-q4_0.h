@@ -14,10 +14,10 @@
 //   against the matching 8 activation bytes broadcast to every 64-bit lane (a load, no shuffle)
 //   leaves each row's partial sums in two adjacent 32-bit lanes; one hadd per block pairs them.
 //   ggml's kernel broadcasts 4 activation bytes with a shuffle and blends the rows into place;
-//   on our 2-core x86 VM it ran about as fast from L3 as from memory, bound by its arithmetic
-//   (benchmarks/bench_gguf_gemv.py).
-// - Each block's three cache lines are prefetched PHIFLASH_PREFETCH_AHEAD bytes ahead
-//   (phiflash-prefetch.h).
+//   on a 2-core Intel Xeon VM it ran about as fast from L3 as from memory, bound by its
+//   arithmetic (benchmarks/bench_gguf_gemv.py).
+// - Each block's cache lines (three for its 144 bytes) are prefetched PHIFLASH_PREFETCH_AHEAD
+//   bytes ahead (phiflash-prefetch.h).
 //
 // Returns false, computing nothing, for rows wider than GEMV_Q4_0_MAX_BLOCKS blocks: the caller
 // then runs ggml's kernel.
@@ -76,9 +76,7 @@ static bool gemv_q4_0_8x8_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const 
             const block_q4_0x8 * w = vx + (size_t) x * nb;
             __m256 acc = _mm256_setzero_ps();
             for (int b = 0; b < nb; b++) {
-                PHIFLASH_PREFETCH(w + b, 0);
-                PHIFLASH_PREFETCH(w + b, 64);
-                PHIFLASH_PREFETCH(w + b, 128);
+                PHIFLASH_PREFETCH_BLOCK(w + b);
                 // qs: [rows 0-3 | rows 4-7] x [bytes 0-7 | bytes 8-15], 8 bytes per row each;
                 // the low nibble of byte j is weight j, the high nibble weight j + 16
                 const __m256i * q = (const __m256i *) w[b].qs;
