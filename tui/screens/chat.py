@@ -70,17 +70,19 @@ class ChatScreen(Screen):
         messages = self.query_one("#messages", VerticalScroll)
         await messages.query("UserMessage, AssistantMessage, ErrorMessage").remove()
         self.query_one("#welcome").display = not self.app.conversation.turns
-        widgets = [self._widget_for(turn) for turn in self.app.conversation.turns]
+        turns = self.app.conversation.turns
+        widgets = [self._widget_for(turn, turns[:i]) for i, turn in enumerate(turns)]
         if widgets:
             await messages.mount_all(widgets)
         messages.scroll_end(animate=False)
         self.query_one(StatsBar).show(None, context_used=0)
 
-    def _widget_for(self, turn: Turn):
+    def _widget_for(self, turn: Turn, before: list[Turn] = ()):
         if turn.role == "user":
             return UserMessage(turn)
         if turn.role == "assistant":
-            return AssistantMessage(turn)
+            asked = [t.content for t in before if t.role == "user"]  # for the answer check
+            return AssistantMessage(turn, asked[-1] if asked else None, len(asked) > 1)
         return ErrorMessage(turn)
 
     async def add_error(self, text: str) -> None:
@@ -126,7 +128,8 @@ class ChatScreen(Screen):
         conv.turns.append(reply)
         app.store.add(conv, reply, app.model_label)
         await self._mount(UserMessage(user))
-        self.streaming = AssistantMessage(reply)
+        follow_up = sum(t.role == "user" for t in conv.turns) > 1
+        self.streaming = AssistantMessage(reply, question=text, follow_up=follow_up)
         await self._mount(self.streaming)
         self.gen += 1
         self.generate(self.gen, messages, reply.id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Collapsible, Markdown, Static
@@ -9,6 +11,7 @@ from textual.widgets import Collapsible, Markdown, Static
 from phiflash.tui.conversation import Turn, split_think
 from phiflash.tui.mathrender import MathStream, latex_to_unicode, render_markdown
 from phiflash.tutor.answers import extract_boxed
+from phiflash.tutor.check import check_answer
 
 STATUS_NOTES = {
     "stopped": "■ stopped",
@@ -39,9 +42,12 @@ class AssistantMessage(Vertical):
     text whose rendering is final, so the Markdown widgets are only ever appended to.
     """
 
-    def __init__(self, turn: Turn):
+    def __init__(self, turn: Turn, question: str | None = None, follow_up: bool = False):
         super().__init__(classes="message assistant")
         self.turn = turn
+        self.question = question  # the student's message this replies to (for the answer check)
+        self.follow_up = follow_up  # not the conversation's first question
+        self.check = None  # phiflash.tutor.check.CheckResult once the answer was checked
         self.raw = ""
         self._think_fed = 0
         self._answer_fed = 0
@@ -124,12 +130,21 @@ class AssistantMessage(Vertical):
         boxed = extract_boxed(split.answer)
         if boxed is not None:
             badge = self.query_one(".boxed", Static)
-            badge.update(f" Answer: {latex_to_unicode(boxed, box=('', ''))} ")
+            text = f" Answer: {latex_to_unicode(boxed, box=('', ''))} "
+            badge.update(text)
             badge.display = True
+            if self.question:
+                self.run_worker(self._mark(badge, text, split.answer), group="check")
         note = STATUS_NOTES.get(status)
         if note:
             self.query_one(".note", Static).update(note)
             self.query_one(".note").display = True
+
+    async def _mark(self, badge: Static, text: str, answer: str) -> None:
+        """sympy solves the student's problem on its own: checked ✓ / differs ✗, or no mark."""
+        self.check = await asyncio.to_thread(check_answer, self.question, answer, self.follow_up)
+        if self.check is not None:
+            badge.update(f"{text}· {self.check.badge()} ")
 
     def toggle_think(self) -> None:
         self.think.collapsed = not self.think.collapsed
