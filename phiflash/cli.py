@@ -15,6 +15,7 @@ COMMANDS = {
     "eval-quant": ("phiflash.quantize.fidelity", "KL / top-1 / perplexity vs a reference"),
     "eval-math": ("phiflash.commands.eval_math", "accuracy on the held-out math problems"),
     "cache-prompt": ("phiflash.commands.cache_prompt", "save a prompt cache for reuse"),
+    "serve": ("phiflash.commands.serve", "OpenAI-compatible server for a classroom"),
     "train": ("phiflash_mlx.train", "train a SambaY model from scratch (the tutor)"),
 }
 

@@ -19,8 +19,8 @@ PACKAGES = {
     "quantize": "phiflash.quantize",
 }
 COMMAND_MODULES = {"phiflash.cli", "phiflash.engines"}
-COMMAND_PREFIXES = ("phiflash.commands", "phiflash.tui", "phiflash.quantize")
-ENGINE_PREFIXES = ("phiflash_mlx", "phiflash_gguf")
+COMMAND_PREFIXES = ("phiflash.commands", "phiflash.tui", "phiflash.quantize", "phiflash.serve")
+ENGINE_PREFIXES = ("phiflash_mlx", "phiflash_gguf", "phiflash.remote")
 
 
 def layer(module: str) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from phiflash.engine import (
     FakeEngine,
     GenerationParams,
 )
+from phiflash.errors import InvalidParamsError
 from phiflash.tui.conversation import Conversation
 from phiflash.tui.history import HistoryStore
 from phiflash.tui.screens.chat import ChatScreen
@@ -84,6 +86,8 @@ class PhiflashApp(App):
 
     async def start(self) -> None:
         """Called once the chat screen is mounted: resume, then load the engine."""
+        if self.store.notice:  # the history db was damaged or cannot be written
+            self.notify(self.store.notice, severity="warning", timeout=15)
         if self.resume:
             last = self.store.last_id()
             if last is None:
@@ -187,13 +191,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-tokens", type=int, help=f"max tokens per answer (default {DEFAULT_MAX_TOKENS})"
     )
     p.add_argument("--resume", action="store_true", help="reopen the last conversation")
+    p.add_argument("--server", help="chat with a `phiflash serve` at http://HOST:PORT instead")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("PHIFLASH_API_KEY"),
+        help="the server's API key (or $PHIFLASH_API_KEY)",
+    )
     args = p.parse_args(argv)
-    if args.temp is not None and not 0.0 <= args.temp <= 2.0:
-        p.error("--temp must be between 0 and 2")
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        p.error("--top-p must be in (0, 1]")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        p.error("--max-tokens must be at least 1")
+    if args.server is not None and args.engine is not None:
+        p.error("--engine is the server's choice; leave it out with --server")
+    given = {k: v for k, v in (("temperature", args.temp), ("top_p", args.top_p)) if v is not None}
+    if args.max_tokens is not None:
+        given["max_tokens"] = args.max_tokens
+    try:  # the one rule, as `phiflash generate` and the settings screen apply it
+        GenerationParams(**given).validate(
+            {"temperature": "--temp", "top_p": "--top-p", "max_tokens": "--max-tokens"}
+        )
+    except InvalidParamsError as e:
+        p.error(str(e))
     return args
 
 
@@ -205,10 +220,16 @@ def main(argv: list[str] | None = None) -> int:
         from phiflash.engines import open_engine
 
         def factory():
+            if args.server is not None:  # the model is the one that server serves
+                from phiflash.remote import RemoteEngine
+
+                return RemoteEngine(args.server, api_key=args.api_key, model=args.model)
             return open_engine(args.model, args.engine)
 
-        label = args.model or "the bundled model"
+        label = args.server or args.model or "the bundled model"
     store = HistoryStore.default()
+    if store.notice:
+        print(f"note: {store.notice}", file=sys.stderr)
     app = make_app(
         engine_factory=factory,
         store=store,
