@@ -357,3 +357,153 @@ def test_intermediate_keeps_checkpoint_dtypes_and_quantizes_as_f32(tmp_path):
     gc.write_float_gguf(ck, f32, "f32", progress=False)
     gc.quantize_gguf(f32, tmp_path / "old.gguf", "q8_0")
     assert _sha(new) == _sha(tmp_path / "old.gguf")
+
+
+# ---------------------------------------------------------------------------------------------
+# Interrupts: Ctrl-C mid-quantization, kill -9, and the next run's clean-up
+
+
+def write_random_checkpoint(dst: Path, shard_bytes: int = 1 << 30, **sizes) -> Path:
+    """A random SambaY checkpoint in the real layout (names from the model file; A_log and the
+    lambdas F32, everything else BF16; sharded with an index), the fixture's tokenizer."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from phiflash_mlx.model import Model, ModelArgs
+
+    dst.mkdir(parents=True)
+    cfg = json.loads((TINY / "config.json").read_text())
+    cfg.pop("layer_types", None)
+    cfg.update(sizes)
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copyfile(TINY / name, dst / name)
+    args = ModelArgs.from_dict(cfg)
+    shapes = {k: v.shape for k, v in tree_flatten(Model(args).parameters())}
+    f32 = ("A_log", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
+    shard, size, n, weight_map = {}, 0, 0, {}
+
+    def flush():
+        nonlocal shard, size, n
+        n += 1
+        name = f"model-{n:05d}.safetensors"
+        mx.save_safetensors(str(dst / name), shard)
+        weight_map.update({k: name for k in shard})
+        shard, size = {}, 0
+
+    mx.random.seed(0)
+    for k, shape in sorted(shapes.items()):
+        dtype = mx.float32 if k.rsplit(".", 1)[-1] in f32 else mx.bfloat16
+        v = (mx.random.normal(shape) * 0.02).astype(dtype)
+        mx.eval(v)
+        shard[k] = v
+        size += v.nbytes
+        if size >= shard_bytes:
+            flush()
+    if shard:
+        flush()
+    index = {"metadata": {}, "weight_map": weight_map}
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def medium_ckpt(tmp_path_factory):
+    """Big enough that quantizing to Q4_K_M takes a few seconds on two cores (~0.3 GB)."""
+    return write_random_checkpoint(
+        tmp_path_factory.mktemp("medium") / "ckpt",
+        vocab_size=32000,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        sliding_window=128,
+    )
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat_file.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start_quantizing(ckpt: Path, out: Path):
+    """Start convert-gguf q4_k_m; return (process, quantizer child pid) once the child runs."""
+    import time
+
+    proc = subprocess.Popen(
+        [*CMD, "convert-gguf", "--hf-path", str(ckpt), "--outfile", str(out)]
+        + ["--outtype", "q4_k_m", "--threads", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        kids = [c for c in _children(proc.pid) if _alive(c)]
+        if kids:
+            time.sleep(1.0)  # the child is inside llama_model_quantize now (imports take ~1 s)
+            assert proc.poll() is None, proc.communicate()
+            return proc, kids[0]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("convert-gguf never started quantizing")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_mid_quantization_leaves_nothing(tmp_path, medium_ckpt):
+    import signal
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    before = snapshot(medium_ckpt)
+    proc, child = _start_quantizing(medium_ckpt, out_dir / "m.gguf")
+    assert [p.name for p in out_dir.iterdir() if "phiflash-tmp" in p.name]  # mid-way indeed
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted", err
+    assert not _alive(child)  # the quantizer was stopped, not left to finish
+    assert list(out_dir.iterdir()) == []
+    assert snapshot(medium_ckpt) == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_leftovers_removed_by_next_run(tmp_path, medium_ckpt):
+    import signal
+    import time
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc, child = _start_quantizing(medium_ckpt, out_dir / "m.gguf")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    for _ in range(100):  # the quantizer dies with its parent
+        if not _alive(child):
+            break
+        time.sleep(0.05)
+    assert not _alive(child)
+    left = sorted(p.name for p in out_dir.iterdir())
+    assert left and all(f".m.gguf.phiflash-tmp-{proc.pid}" in n for n in left), left
+
+    r = phiflash("convert-gguf", "--hf-path", TINY, "--outfile", out_dir / "tiny.gguf", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == ["tiny.gguf"]
