@@ -5,25 +5,54 @@ Command layer: it imports both engines, so only commands and the TUI import it.
 
 from __future__ import annotations
 
+import sys
+
 from phiflash.engine import Engine
 from phiflash.errors import PhiflashError
+
+_noticed: set[str] = set()
 
 
 def open_engine(model: str | None = None, engine: str | None = None, **kwargs) -> Engine:
     """Open the engine for ``model`` (default: the bundled tutor model).
 
-    ``engine`` forces "mlx" or "gguf"; otherwise a path ending in ``.gguf`` selects GGUF.
+    ``model`` is found by :func:`phiflash.store.find_model` (local path > pulled model >
+    Hugging Face cache > alias). ``engine`` forces "mlx" or "gguf"; otherwise a path ending in
+    ``.gguf`` selects GGUF.
     """
-    from phiflash.paths import resolve_model
+    from phiflash.store import find_model
 
-    path = resolve_model(model)
+    if engine not in (None, "mlx", "gguf"):
+        raise PhiflashError(f"unknown engine {engine!r} (choose mlx or gguf)")
+    path = find_model(model, engine)
     kind = engine or ("gguf" if str(path).endswith(".gguf") else "mlx")
     if kind == "gguf":
         from phiflash_gguf.engine import GGUFEngine
 
         return GGUFEngine(str(path), **kwargs)
-    if kind == "mlx":
-        from phiflash_mlx.engine import MLXEngine
+    from phiflash_mlx.engine import MLXEngine
 
-        return MLXEngine(str(path), **kwargs)
-    raise PhiflashError(f"unknown engine {kind!r} (choose mlx or gguf)")
+    eng = MLXEngine(str(path), **kwargs)
+    note = slow_path_notice(eng)
+    if note and note not in _noticed:
+        _noticed.add(note)
+        print(f"note: {note}", file=sys.stderr)
+    return eng
+
+
+def slow_path_notice(engine) -> str | None:
+    """One line when ``engine`` is MLX with quantized weights on a machine where MLX has no
+    GPU (MLX's CPU quantized matmul is the slow path there), else None."""
+    from phiflash.store import CPU_FORMAT, GGUF_CPU_TOKS, MLX_CPU_TOKS, mlx_has_gpu
+
+    quant = str(getattr(engine, "quantization", ""))
+    if getattr(engine, "name", "") != "mlx" or not (quant.endswith("-bit") or quant == "mixed"):
+        return None
+    if mlx_has_gpu():
+        return None
+    return (
+        f"MLX {quant} without a GPU is slow here: on a 2-core CPU it decoded "
+        f"{MLX_CPU_TOKS} tok/s against {GGUF_CPU_TOKS:.0f} tok/s for the GGUF engine "
+        f"({CPU_FORMAT}, {GGUF_CPU_TOKS / MLX_CPU_TOKS:.0f}x); get a GGUF with "
+        f"`phiflash pull REPO --format {CPU_FORMAT}` (or `phiflash convert-gguf`)"
+    )

@@ -13,6 +13,7 @@ import numpy as np
 
 from phiflash.engine import Chunk, GenerationParams, Message, check_context
 from phiflash.errors import ContextLengthError, ModelLoadError, WrongArchitectureError
+from phiflash.thinking import THINK_CLOSE, ThinkingBudget, opens_thinking
 
 ARCH = "sambay"
 # The context this engine allocates (KV cells for the one global layer), at most the model's
@@ -207,6 +208,7 @@ class GGUFEngine:
         n_prompt = len(ids)
         room = self.context_limit - len(ids)
         max_tokens = params.max_tokens if params.max_tokens > 0 else room  # -1: until full
+        budget = self._thinking_budget(ids, params.thinking_budget)
         try:
             t0 = time.perf_counter()
             llm.eval(new)
@@ -220,7 +222,13 @@ class GGUFEngine:
                 if should_stop is not None and should_stop():
                     yield self._chunk("", None, n_prompt, prompt_tps, n_gen, t_gen, "cancelled")
                     return
-                tok = lc.llama_sampler_sample(sampler, llm.ctx, -1)
+                forced = budget.forced() if budget is not None else None
+                if forced is None:
+                    tok = lc.llama_sampler_sample(sampler, llm.ctx, -1)
+                else:  # the thinking budget is spent: the next id of </think>
+                    tok = forced
+                if budget is not None:
+                    budget.feed(tok)
                 n_gen += 1
                 if lc.llama_vocab_is_eog(self._vocab, tok):
                     tail = decoder.decode(b"", final=True)
@@ -236,6 +244,18 @@ class GGUFEngine:
                 yield self._chunk(text, tok, n_prompt, prompt_tps, n_gen, t_gen, None)
         finally:
             lc.llama_sampler_free(sampler)
+
+    def _thinking_budget(self, ids: list[int], n: int) -> ThinkingBudget | None:
+        """The budget's state machine for one reply (None without a budget)."""
+        if n <= 0:
+            return None
+
+        def piece(tok: int) -> str:
+            return self.llm.detokenize([tok]).decode("utf-8", "replace")
+
+        close = self.llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=False)
+        tail = self.llm.detokenize(ids[-64:]).decode("utf-8", "replace")
+        return ThinkingBudget(n, close, piece, inside=opens_thinking(tail))
 
     def _chunk(self, text, tok, n_prompt, prompt_tps, n_gen, t_gen, finish) -> Chunk:
         elapsed = max(time.perf_counter() - t_gen, 1e-9)

@@ -55,7 +55,9 @@ def mlx_logits(path, chunk: int = 512, float32: bool = False) -> LogitsFn:
 
 
 def open_logits(path, float32: bool = False) -> LogitsFn:
-    path = Path(path)
+    from phiflash.store import find_model
+
+    path = find_model(path)  # local path > pulled model > Hugging Face cache > alias
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
@@ -106,9 +108,10 @@ def evaluate(
     """Compare ``model`` (dir or .gguf) with ``reference`` (dir) over ``text`` (tokenized with
     the reference's tokenizer) or explicit ``tokens``."""
     if tokens is None:
+        from phiflash.store import find_model
         from phiflash_mlx.load import load_tokenizer
 
-        tok = load_tokenizer(Path(reference))
+        tok = load_tokenizer(find_model(reference, "mlx"))
         tokens = tok.encode(text if text is not None else DEFAULT_TEXT, add_special_tokens=False)
     tokens = list(tokens)[:max_tokens]
     if len(tokens) < 2:

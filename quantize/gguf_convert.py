@@ -534,7 +534,9 @@ def convert(
     """
     if outtype not in OUTTYPES:
         raise ConversionError(f"unknown --outtype {outtype!r} (choose from {', '.join(OUTTYPES)})")
-    hf_path = Path(hf_path)
+    from phiflash.paths import resolve_model
+
+    hf_path = resolve_model(hf_path)  # a local dir, or a hub repo id through the HF cache
     out = Path(os.path.abspath(outfile))
     ck = read_checkpoint(hf_path)
     outputs.check_writable_folder(out.parent)
@@ -576,7 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(architecture 'sambay', runs on phiflash's llama.cpp fork). Quantized types are "
         "made from a 16-bit intermediate beside the output (about the checkpoint's size).",
     )
-    ap.add_argument("--hf-path", required=True, type=Path, help="checkpoint directory")
+    ap.add_argument(
+        "--hf-path", "--model", required=True, type=Path, help="checkpoint dir or hub repo id"
+    )
     ap.add_argument(
         "--outfile",
         type=Path,
@@ -594,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     hf_path: Path = args.hf_path
     outfile = args.outfile or hf_path / f"{hf_path.resolve().name}-{args.outtype.upper()}.gguf"
+    if args.outfile is None and not hf_path.exists():  # a hub repo id: write into the cwd
+        outfile = Path(f"{hf_path.name}-{args.outtype.upper()}.gguf")
     out = convert(
         hf_path,
         outfile,

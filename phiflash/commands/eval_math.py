@@ -6,6 +6,7 @@ import argparse
 import json
 
 from phiflash.engine import DEFAULT_MAX_TOKENS, Engine
+from phiflash.paths import RESOLUTION_HELP
 from phiflash.tutor.data import KINDS, dataset, kinds_arg
 from phiflash.tutor.evalmath import DEFAULT_N, evaluate, format_table, greedy_params
 
@@ -19,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--model",
         default=None,
-        help="model dir, .gguf file or hub name (default: the bundled tutor model)",
+        help=f"{RESOLUTION_HELP} (default: the bundled tutor model)",
     )
     ap.add_argument(
         "--engine",

@@ -1,0 +1,88 @@
+"""The thinking budget: after N tokens inside ``<think>`` the model's own ``</think>`` is
+forced, token by token, and the answer follows.
+
+In Phi-4-mini-flash-reasoning's tokenizer (and the tutor's) ``<think>`` and ``</think>`` are
+plain text, several tokens each, so the block is tracked from the decoded text of the
+generated tokens and closed by forcing the ids of ``</think>`` one per step, in the engine's
+token loop (a logits processor on MLX, the sampling loop on GGUF); the output is never edited
+as a string. The budget counts toward ``max_tokens``. This module is the engine-free state
+machine both engines drive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+_TAIL = 2 * len(THINK_CLOSE)
+
+
+def opens_thinking(prompt_text: str) -> bool:
+    """True when the prompt itself ends inside a think block (a template that opens it)."""
+    return prompt_text.rfind(THINK_OPEN) > prompt_text.rfind(THINK_CLOSE)
+
+
+class ThinkingBudget:
+    """Tracks one reply's think block; :meth:`forced` says which token must come next.
+
+    ``budget`` tokens may follow the token that completes ``<think>``; then the ids of
+    ``close_ids`` (the tokenizer's encoding of ``</think>``) are forced one by one. ``decode``
+    turns one token id into its text (a byte piece of a character may decode to U+FFFD; the
+    tags are ASCII, so that never hides one). ``budget`` 0 = no limit.
+    """
+
+    def __init__(
+        self,
+        budget: int,
+        close_ids: Sequence[int],
+        decode: Callable[[int], str],
+        inside: bool = False,
+    ):
+        if budget < 0:
+            raise ValueError("the thinking budget must be >= 0 (0 = no limit)")
+        if budget and not close_ids:
+            raise ValueError("the closing tag encodes to no tokens")
+        self.budget = int(budget)
+        self.close_ids = [int(t) for t in close_ids]
+        self.decode = decode
+        self.state = "thinking" if inside else "before"  # before|thinking|closing|done
+        self.thinking_tokens = 0  # tokens inside the block (not counting the forced tag)
+        self._tail = ""
+        self._forced = 0  # close ids already emitted
+
+    def forced(self) -> int | None:
+        """The token id that must be generated next, or None (sample freely)."""
+        if self.state == "closing":
+            return self.close_ids[self._forced]
+        return None
+
+    def feed(self, token: int) -> None:
+        """Advance with the token just generated (forced or sampled)."""
+        if self.state == "closing":
+            self._forced += 1
+            if self._forced == len(self.close_ids):
+                self.state = "done"
+            return
+        if self.state == "done":
+            return
+        self._tail = (self._tail + self.decode(int(token)))[-_TAIL:]
+        if self.state == "before":
+            at = self._tail.find(THINK_OPEN)
+            if at >= 0:
+                self.state = "thinking"
+                self._tail = self._tail[at + len(THINK_OPEN) :]
+                if self._tail:  # the token that completed <think> also began the reasoning
+                    self._count()
+            return
+        # thinking
+        if THINK_CLOSE in self._tail:
+            self.state = "done"
+            return
+        self._count()
+
+    def _count(self) -> None:
+        self.thinking_tokens += 1
+        if self.budget and self.thinking_tokens >= self.budget:
+            self.state = "closing"
+            self._forced = 0
