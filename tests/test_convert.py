@@ -298,3 +298,37 @@ def test_quantize_model_in_memory_matches_converter(converted):
     saved = mx.load(str(converted["mix"] / "model.safetensors"))
     assert set(ours) == set(saved)
     assert all(mx.array_equal(ours[k], saved[k]) for k in saved)
+
+
+def test_next_run_removes_what_a_killed_run_left(tmp_path):
+    """A conversion killed outright leaves `.<name>.phiflash-tmp-<pid>`; the next conversion
+    into the folder removes it once that process is gone, and leaves a live one's alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale_dir = tmp_path / f".out.phiflash-tmp-{dead.pid}"
+        stale_dir.mkdir()
+        (stale_dir / "model.safetensors").write_bytes(b"partial")
+        stale_file = tmp_path / f".x.gguf.phiflash-tmp-{dead.pid}.src16"
+        stale_file.write_bytes(b"partial")
+        busy = tmp_path / f".other.phiflash-tmp-{live.pid}"
+        busy.mkdir()
+        unrelated = tmp_path / ".out.tmp-keep"
+        unrelated.mkdir()
+        conv.convert(TINY, tmp_path / "out", progress=False)
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == sorted(["out", busy.name, unrelated.name])
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_output_inside_the_input_is_refused(tmp_path, capsys):
+    src = tmp_path / "ckpt"
+    shutil.copytree(TINY, src)
+    code, err = run_cli(capsys, "--hf-path", src, "--mlx-path", src / "mlx", "--force")
+    assert code == 1 and "inside the input" in err and not (src / "mlx").exists()
+    code, err = run_cli(capsys, "--hf-path", src, "--mlx-path", src, "--force")
+    assert code == 1 and "is the input" in err
+    assert sorted(p.name for p in src.iterdir()) == sorted(p.name for p in TINY.iterdir())

@@ -219,3 +219,56 @@ def test_module_entry_point():
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() != ""
+
+
+def _edit_config(d, **changes):
+    cfg = json.loads((d / "config.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def test_model_type_and_architectures_must_agree(tmp_path):
+    """One rule for every command (phiflash.checkpoint): model_type phi4flash AND, if given,
+    architectures naming Phi4FlashForCausalLM."""
+    d = copy_tiny(tmp_path)
+    _edit_config(d, model_type="llama")
+    with pytest.raises(WrongArchitectureError, match="model_type 'llama' but architectures"):
+        load(d)
+    _edit_config(d, model_type="phi4flash", architectures=["LlamaForCausalLM"])
+    with pytest.raises(WrongArchitectureError, match="'LlamaForCausalLM' model, not phi4flash"):
+        load(d)
+    _edit_config(d, architectures=None)  # no architectures field: model_type decides
+    model, _ = load(d)
+    assert model.model_type == "phi4flash"
+
+
+@pytest.mark.parametrize(
+    "changes,needle",
+    [
+        ({"hidden_size": None}, "incomplete: no 'hidden_size'"),
+        ({"vocab_size": None, "num_hidden_layers": None}, "no 'vocab_size', 'num_hidden_layers'"),
+        ({"hidden_size": "128"}, "hidden_size must be a positive integer, not '128'"),
+        ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer"),
+    ],
+)
+def test_incomplete_or_bad_config(tmp_path, changes, needle):
+    d = copy_tiny(tmp_path)
+    _edit_config(d, **changes)
+    with pytest.raises(ModelLoadError, match=needle) as e:
+        load(d)
+    assert "\n" not in str(e.value)
+
+
+def test_tensor_stored_in_two_shards(tmp_path):
+    d = copy_tiny(tmp_path)
+    w = mx.load(str(d / "model.safetensors"))
+    (d / "model.safetensors").unlink()
+    mx.save_safetensors(str(d / "model-00001-of-00002.safetensors"), w)
+    dup = {"model.layers.0.attn.D": w["model.layers.0.attn.D"]}
+    mx.save_safetensors(str(d / "model-00002-of-00002.safetensors"), dup)
+    with pytest.raises(ModelLoadError, match="model.layers.0.attn.D is stored twice"):
+        load(d)
