@@ -125,8 +125,9 @@ class ClassroomMiddleware:
     @staticmethod
     def _with_body(scope, receive, body: dict, chat: bool):
         data = json.dumps(body).encode()
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(data)).encode()))
+        drop = (b"content-length", b"content-type")
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in drop]
+        headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
         path = "/v1/chat/completions" if chat else "/v1/completions"
         scope = dict(scope, headers=headers, path=path, raw_path=path.encode())
         sent = False

@@ -1,0 +1,200 @@
+"""`phiflash serve` in a subprocess on a free 127.0.0.1 port, for the serve and chat tests.
+
+Bounded waits everywhere; the context manager always stops the server (terminate, then kill).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 180
+REQUEST_TIMEOUT_S = 300
+KEY = "class-7b-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``phiflash serve --model MODEL ARGS`` on a free port."""
+
+    def __init__(self, model, log_path: Path, *args: str, api_key: str | None = KEY):
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.api_key = api_key
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+        env.pop("PHIFLASH_API_KEY", None)
+        cmd = [sys.executable, "-m", "phiflash.cli", "serve", "--model", str(model)]
+        cmd += ["--port", str(self.port), *args]
+        if api_key is not None:
+            cmd += ["--api-key", api_key]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def __enter__(self):
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, f"server exited: {self.tail()}"
+                try:
+                    if self.request("GET", "/health", auth=False)[0] == 200:
+                        return self
+                except OSError:
+                    pass
+                time.sleep(0.2)
+            raise AssertionError(f"server not up in {START_TIMEOUT_S}s: {self.tail()}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+        self.log.close()
+
+    def tail(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()[-3000:]
+
+    # -- requests -------------------------------------------------------------------------------
+    def headers(self, auth=True, key=None) -> dict:
+        h = {"Content-Type": "application/json"}
+        key = key if key is not None else (self.api_key if auth else None)
+        if key:
+            h["Authorization"] = f"Bearer {key}"
+        return h
+
+    def request(self, method, path, body=None, auth=True, key=None, raw: bytes | None = None):
+        """(status, parsed JSON body or raw bytes)."""
+        c = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT_S)
+        try:
+            data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+            c.request(method, path, data, self.headers(auth, key))
+            r = c.getresponse()
+            out = r.read()
+        finally:
+            c.close()
+        try:
+            return r.status, json.loads(out)
+        except ValueError:
+            return r.status, out
+
+    def chat(self, messages, **params):
+        """Non-streamed chat completion: (status, JSON)."""
+        return self.request("POST", "/v1/chat/completions", {"messages": messages, **params})
+
+    def stream(self, messages, **params):
+        """Streamed chat completion: (text, finish_reason, number of content events)."""
+        c = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT_S)
+        try:
+            body = {"messages": messages, "stream": True, **params}
+            c.request("POST", "/v1/chat/completions", json.dumps(body), self.headers())
+            r = c.getresponse()
+            assert r.status == 200, r.read()[:500]
+            assert r.getheader("Content-Type", "").startswith("text/event-stream")
+            text, finish, events, done = "", None, 0, False
+            for raw in r:
+                line = raw.decode().strip()
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    done = True
+                    break
+                for choice in json.loads(payload).get("choices", []):
+                    piece = choice.get("delta", {}).get("content")
+                    if piece:
+                        text += piece
+                        events += 1
+                    finish = choice.get("finish_reason") or finish
+            assert done, "the stream ended without [DONE]"
+            return text, finish, events
+        finally:
+            c.close()
+
+
+def answer(resp: dict) -> tuple[str, str]:
+    choice = resp["choices"][0]
+    return choice["message"]["content"], choice["finish_reason"]
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+QUESTIONS = [
+    "What is 47 + 38?",
+    "Compute 12 * 7.",
+    "A shop sells pens at 3 dollars each. Tom buys 14 pens and pays with a 50 dollar note. "
+    "How much change does he get back, in dollars?",
+    "Solve for x: 5x - 9 = 31.",
+]
+
+
+def concurrently(fn, args: list) -> list:
+    """``fn(arg)`` for every arg in its own thread, started together; results in order."""
+    results: list = [None] * len(args)
+    errors: list = []
+    start = threading.Barrier(len(args))
+
+    def run(i, a):
+        try:
+            start.wait(timeout=30)
+            results[i] = fn(a)
+        except BaseException as e:  # reported below, in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(args)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=REQUEST_TIMEOUT_S)
+    assert not any(t.is_alive() for t in threads), "a request did not finish"
+    if errors:
+        raise errors[0]
+    return results
+
+
+def bad_requests(other_model_path: str) -> list[tuple[str, dict, int, str]]:
+    """(label, kwargs for ``Server.request`` on the chat path, expected status, words in the
+    error message); the server runs with ``--api-key KEY --max-tokens-cap`` below 100000."""
+    good = {"messages": user("What is 2 + 3?"), "max_tokens": 8}
+    return [
+        ("negative max_tokens", dict(body={**good, "max_tokens": -5}), 400, "max_tokens"),
+        ("zero max_tokens", dict(body={**good, "max_tokens": 0}), 400, "max_tokens"),
+        ("-1 max_tokens", dict(body={**good, "max_tokens": -1}), 400, "max_tokens"),
+        ("over the cap", dict(body={**good, "max_tokens": 100000}), 400, "cap"),
+        ("another model's name", dict(body={**good, "model": "org/other-model"}), 404, "served"),
+        ("a model path", dict(body={**good, "model": other_model_path}), 404, "served"),
+        ("temperature", dict(body={**good, "temperature": -1}), 400, "temperature"),
+        ("top_p", dict(body={**good, "top_p": 0}), 400, "top_p"),
+        ("top_k", dict(body={**good, "top_k": "many"}), 400, "top_k"),
+        ("no messages", dict(body={"max_tokens": 8}), 400, "messages"),
+        ("bad role", dict(body={**good, "messages": [{"role": "x", "content": "a"}]}), 400, "role"),
+        ("n=2", dict(body={**good, "n": 2}), 400, "n must be 1"),
+        ("adapters", dict(body={**good, "adapters": "my-adapter"}), 400, "adapters"),
+        ("not JSON", dict(raw=b"{nope"), 400, "JSON"),
+        ("wrong key", dict(body=good, key="guess"), 401, "API key"),
+        ("no key", dict(body=good, auth=False), 401, "API key"),
+    ]

@@ -1,0 +1,167 @@
+"""`phiflash serve` on MLX (the bundled tutor): mlx-lm's server through phiflash's classes.
+
+Servers run as subprocesses on a free 127.0.0.1 port (tests/serve_util.py), stopped by the
+fixture. Temperature 0 unless a test is about sampling.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+from serve_util import (
+    QUESTIONS,
+    Server,
+    answer,
+    bad_requests,
+    concurrently,
+    user,
+)
+
+from phiflash.engine import GenerationParams
+from phiflash.paths import DEFAULT_MODEL_DIR
+
+TINY = Path(__file__).parent / "fixtures" / "sambay-tiny"
+CAP = 512
+SYSTEM = "You are a math tutor for a class of twelve-year-olds."
+BOXED = {0: "85", 1: "84", 3: "8"}  # the tutor answers these right (alone)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve-mlx") / "server.log"
+    with Server(DEFAULT_MODEL_DIR, log, "--max-tokens-cap", str(CAP)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from phiflash_mlx.engine import MLXEngine
+
+    return MLXEngine(str(DEFAULT_MODEL_DIR))
+
+
+def solo(engine, messages, max_tokens=128):
+    engine.reset()
+    params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
+    chunks = list(engine.stream(messages, params))
+    return "".join(c.text for c in chunks), chunks[-1].finish_reason
+
+
+def boxed(text):
+    found = re.findall(r"\\boxed\{([^}]*)\}", text)
+    return found[-1] if found else None
+
+
+def test_chat_completion_is_the_engines_answer(server, engine):
+    status, resp = server.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
+    assert status == 200, resp
+    text, finish = answer(resp)
+    assert (text, finish) == solo(engine, user(QUESTIONS[0]))
+    assert finish == "stop" and boxed(text) == "85"
+    assert resp["model"] == "phiflash-tutor"
+    assert resp["usage"]["prompt_tokens"] == engine.count_tokens(user(QUESTIONS[0]))
+
+
+def test_streaming_gives_the_same_text_piece_by_piece(server):
+    _, resp = server.chat(user(QUESTIONS[1]), max_tokens=128, temperature=0)
+    text, finish, events = server.stream(user(QUESTIONS[1]), max_tokens=128, temperature=0)
+    assert (text, finish) == answer(resp)
+    assert events > 10  # token by token, not one block at the end
+
+
+def test_concurrent_requests_are_all_answered_in_full(server):
+    alone = [answer(server.chat(user(q), max_tokens=200, temperature=0)[1]) for q in QUESTIONS]
+    together = concurrently(
+        lambda q: server.chat(user(q), max_tokens=200, temperature=0), QUESTIONS
+    )
+    for i, (status, resp) in enumerate(together):
+        assert status == 200, resp
+        text, finish = answer(resp)
+        assert finish == "stop", f"request {i} cut off: {text!r}"
+        assert (text, finish) == alone[i]
+        assert boxed(text) == BOXED.get(i, boxed(alone[i][0]))
+    # streamed at the same time too
+    streams = concurrently(
+        lambda q: server.stream(user(q), max_tokens=200, temperature=0), QUESTIONS
+    )
+    assert [(t, f) for t, f, _ in streams] == alone
+
+
+@pytest.mark.parametrize("label,kwargs,status,words", bad_requests(str(TINY)))
+def test_bad_request_is_4xx_json_and_the_server_keeps_serving(server, label, kwargs, status, words):
+    got, body = server.request("POST", "/v1/chat/completions", **kwargs)
+    assert got == status, (label, body)
+    assert isinstance(body, dict) and words in body["error"]["message"], body
+    ok, resp = server.chat(user("What is 2 + 3?"), max_tokens=64, temperature=0)
+    assert ok == 200 and answer(resp)[0], resp
+
+
+def test_a_request_never_loads_another_model(server):
+    # another model's directory (a loadable checkpoint) is refused, not loaded
+    status, body = server.chat(user("hi"), model=str(TINY), max_tokens=4)
+    assert status == 404 and "only 'phiflash-tutor'" in body["error"]["message"]
+    assert "sambay-tiny" not in server.tail()
+    status, resp = server.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
+    assert status == 200 and boxed(answer(resp)[0]) == "85"  # still the tutor
+
+
+def test_sampling_parameters_change_the_output(server):
+    def text(**p):
+        status, resp = server.chat(user("hello"), max_tokens=30, top_p=1.0, **p)
+        assert status == 200, resp
+        return answer(resp)[0]
+
+    greedy = text(temperature=0)
+    hot = text(temperature=2.0, seed=1)
+    assert hot != greedy  # temperature reaches the sampler
+    assert text(temperature=2.0, seed=1) == hot  # the seed too
+    assert text(temperature=2.0, seed=1, top_k=1) == greedy  # and top_k
+
+
+def test_models_health_and_token_count(server, engine):
+    status, models = server.request("GET", "/v1/models")
+    assert status == 200
+    (entry,) = models["data"]
+    assert entry["id"] == "phiflash-tutor"
+    ext = entry["phiflash"]
+    assert ext["engine"] == "mlx" and ext["quantization"] == engine.quantization
+    assert ext["context_limit"] == engine.context_limit and ext["max_tokens_cap"] == CAP
+    assert server.request("GET", "/v1/models", auth=False)[0] == 401
+    status, health = server.request("GET", "/health", auth=False)  # no key: load balancers
+    assert status == 200 and health["status"] == "ok"
+    msgs = user(QUESTIONS[2])
+    status, count = server.request("POST", "/phiflash/count_tokens", {"messages": msgs})
+    assert status == 200 and count["prompt_tokens"] == engine.count_tokens(msgs)
+
+
+def test_context_overflow_is_refused_before_work(server, engine):
+    status, body = server.chat(user("What is 1 + 1?"), max_tokens=CAP)
+    assert status == 200
+    long = user("1 + " * 2100 + "1 = ?")
+    status, body = server.chat(long, max_tokens=CAP)
+    assert status == 400 and "context" in body["error"]["message"], body
+
+
+def test_fixed_system_prompt_queue_limit_and_one_at_a_time(tmp_path, engine):
+    args = ("--system-prompt", SYSTEM, "--queue-limit", "2", "--one-at-a-time")
+    with Server(DEFAULT_MODEL_DIR, tmp_path / "server.log", *args) as s:
+        status, body = s.chat([{"role": "system", "content": "Be a pirate."}] + user("2+3?"))
+        assert status == 400 and "system prompt" in body["error"]["message"]
+        status, resp = s.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
+        assert status == 200
+        with_system = [{"role": "system", "content": SYSTEM}] + user(QUESTIONS[0])
+        assert answer(resp) == solo(engine, with_system)
+        assert resp["usage"]["prompt_tokens"] == engine.count_tokens(with_system)
+        # eight students at once against a limit of two: the rest are told to come back
+        results = concurrently(
+            lambda q: s.chat(user(q), max_tokens=200, temperature=0), QUESTIONS * 2
+        )
+        codes = sorted(status for status, _ in results)
+        assert 503 in codes and codes.count(200) >= 2, codes
+        for status, body in results:
+            if status == 503:
+                assert "busy" in body["error"]["message"]
+            else:
+                assert status == 200 and answer(body)[1] == "stop"
+        assert s.request("GET", "/health", auth=False)[1]["in_flight"] == 0
+        assert s.chat(user(QUESTIONS[3]), max_tokens=200, temperature=0)[0] == 200
