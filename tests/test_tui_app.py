@@ -314,9 +314,9 @@ async def test_settings_screen_saves_and_validates(store, tmp_path):
         await pilot.press("ctrl+s")
         await pilot.pause()
         screen = app.screen
-        screen.query_one("#temp").value = "9"
+        screen.query_one("#temp").value = "-1"
         await pilot.click("#save")
-        assert "temperature must be between 0 and 2" in str(
+        assert "temperature must be a finite number >= 0" in str(
             screen.query_one("#settings-error").render()
         )
         screen.query_one("#temp").value = "0.3"

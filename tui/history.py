@@ -4,11 +4,17 @@ Every message is written when it happens, and a streaming answer is rewritten as
 (before the screen shows it), so killing the terminal mid-answer loses nothing already shown.
 WAL mode keeps each write cheap. One connection is shared by the UI thread and the generation
 worker, behind a lock.
+
+The chat always opens (:meth:`HistoryStore.open_safely`): a database that is not SQLite or fails
+its integrity check is moved aside (``history.sqlite3.corrupt-<time>``) and a fresh one is
+started; a data dir or database that cannot be written gives an in-memory store (the chat runs
+but is not saved). Either way ``store.notice`` holds the one line the chat shows.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -47,23 +53,81 @@ class Summary:
     messages: int
 
 
+class CorruptHistory(Exception):
+    """The database file is not SQLite or fails ``PRAGMA quick_check``."""
+
+
+MEMORY = ":memory:"
+
+
 class HistoryStore:
-    def __init__(self, path: str | Path, clock=time.time):
+    def __init__(self, path: str | Path, clock=time.time, check: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.notice: str | None = None  # one line for the user (see open_safely)
+        if str(path) != MEMORY:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        try:
+            if check:
+                row = self._db.execute("PRAGMA quick_check").fetchone()
+                if row is None or row[0] != "ok":
+                    raise CorruptHistory(row[0] if row else "quick_check returned nothing")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+            if check:  # a read-only file opens fine and fails at the first write: find out now
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("ROLLBACK")
+        except BaseException:
+            self._db.close()
+            raise
+
+    @classmethod
+    def open_safely(cls, path: str | Path, clock=time.time) -> HistoryStore:
+        """The store at ``path``; never raises for a bad file (see the module docstring)."""
+        path = Path(path)
+        try:
+            return cls(path, clock, check=True)
+        except (CorruptHistory, sqlite3.DatabaseError) as e:
+            if isinstance(e, sqlite3.OperationalError):  # cannot open / read-only / locked
+                return cls._in_memory(clock, f"cannot use the chat history at {path} ({e})")
+            why = " ".join(str(e).replace("*", "").split())[:160]  # quick_check: many lines
+        except OSError as e:  # the data dir cannot be created
+            return cls._in_memory(clock, f"cannot use the chat history at {path} ({e.strerror})")
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            os.replace(path, aside)
+            for suffix in ("-wal", "-shm"):  # WAL files belong to the damaged database
+                side = path.with_name(path.name + suffix)
+                if side.exists():
+                    os.replace(side, aside.with_name(aside.name + suffix))
+            store = cls(path, clock)
+        except (OSError, sqlite3.Error) as e:
+            return cls._in_memory(
+                clock, f"the chat history at {path} is damaged ({why}) and cannot be replaced ({e})"
+            )
+        store.notice = f"the chat history was damaged ({why}); moved it to {aside}, started anew"
+        return store
+
+    @classmethod
+    def _in_memory(cls, clock, why: str) -> HistoryStore:
+        store = cls(MEMORY, clock)
+        store.notice = f"{why}; this chat will not be saved"
+        return store
 
     @classmethod
     def default(cls) -> HistoryStore:
+        """The user's store (``<user data dir>/history.sqlite3``), opened with open_safely."""
         from phiflash.paths import user_data_dir
 
-        return cls(user_data_dir() / "history.sqlite3")
+        try:
+            path = user_data_dir() / "history.sqlite3"
+        except Exception as e:  # no home dir to derive the data dir from
+            return cls._in_memory(time.time, f"no user data dir ({e})")
+        return cls.open_safely(path)
 
     def close(self) -> None:
         with self._lock:
@@ -151,7 +215,13 @@ class HistoryStore:
     # settings
 
     def get_settings(self) -> dict:
-        return {k: json.loads(v) for k, v in self._exec("SELECT key, value FROM settings")}
+        out = {}
+        for k, v in self._exec("SELECT key, value FROM settings"):
+            try:
+                out[k] = json.loads(v)
+            except ValueError:  # a damaged value: the default applies
+                continue
+        return out
 
     def put_settings(self, values: dict) -> None:
         for key, value in values.items():

@@ -8,23 +8,22 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, TextArea
 
-from phiflash.engine import DEFAULT_MAX_TOKENS, DEFAULT_TEMP, DEFAULT_TOP_P
+from phiflash.engine import DEFAULT_MAX_TOKENS, DEFAULT_TEMP, DEFAULT_TOP_P, GenerationParams
+from phiflash.errors import InvalidParamsError
 
 
 def parse_settings(temp: str, top_p: str, max_tokens: str) -> tuple[float, float, int]:
-    """Validated values, or ValueError with a message for the user."""
+    """Validated values (the rule of ``GenerationParams.validate``), or ValueError for the user."""
     try:
         t = float(temp)
         p = float(top_p)
         m = int(max_tokens)
     except ValueError as e:
         raise ValueError("temperature and top-p must be numbers, max tokens a whole number") from e
-    if not 0.0 <= t <= 2.0:
-        raise ValueError("temperature must be between 0 and 2")
-    if not 0.0 < p <= 1.0:
-        raise ValueError("top-p must be in (0, 1]")
-    if m < 1:
-        raise ValueError("max tokens must be at least 1")
+    try:
+        GenerationParams(max_tokens=m, temperature=t, top_p=p).validate()
+    except InvalidParamsError as e:
+        raise ValueError(str(e)) from e
     return t, p, m
 
 
