@@ -83,6 +83,20 @@ _MAX_HEADER = 100 * 2**20
 # config.json
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; ModelLoadError (one line) if unreadable, invalid or not an
+    object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path.name} in {path.parent} is not valid JSON ({e})") from None
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path.name} in {path.parent} is not a JSON object")
+    return data
+
+
 def check_architecture(config: dict, where: str) -> None:
     """Raise WrongArchitectureError unless ``config`` describes a phi4flash (SambaY) model."""
     model_type = config.get("model_type")
@@ -112,14 +126,7 @@ def read_config(path: str | Path) -> dict:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise ModelLoadError(f"no config.json in {path} (not a Hugging Face or MLX model dir)")
-    try:
-        config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"config.json in {path} is not valid JSON ({e})") from None
-    except OSError as e:
-        raise ModelLoadError(f"cannot read {cfg_file}: {e.strerror or e}") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"config.json in {path} is not a JSON object")
+    config = read_json(cfg_file)
     check_architecture(config, str(path))
     missing = [k for k in REQUIRED_SIZES if k not in config]
     if missing:

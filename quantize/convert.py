@@ -19,7 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path, tree_unflatten
 
-from phiflash.checkpoint import TOKENIZER_FILES
+from phiflash.checkpoint import TOKENIZER_FILES, read_json
 from phiflash.errors import ConversionError, PhiflashError
 from phiflash.quantize import outputs
 from phiflash.quantize.recipes import MODE, RECIPES, recipe_predicate, uniform_predicate
@@ -165,10 +165,7 @@ def copy_support_files(src: Path, out: Path) -> None:
         if not f.is_file():
             continue
         if name == "tokenizer_config.json":
-            try:
-                tc = json.loads(f.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError) as e:
-                raise ConversionError(f"{f} is not valid JSON ({e})") from None
+            tc = read_json(f)
             # auto_map: same reason as config.json (it would send AutoTokenizer to the hub)
             tc.pop("auto_map", None)
             tc["tokenizer_class"] = TOKENIZER_CLASS

@@ -16,7 +16,6 @@ removed on any failure or interrupt, and by the next run if the process was kill
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -33,6 +32,7 @@ from phiflash.checkpoint import (
     f32_to_bf16_bits,
     open_checkpoint,
     read_config,
+    read_json,
     weight_files,
 )
 from phiflash.errors import ConversionError, ModelLoadError
@@ -260,24 +260,12 @@ def read_checkpoint(hf_path: Path) -> Checkpoint:
 # tokenizer
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{path.name} in {path.parent} is not valid JSON ({e})") from None
-    except OSError as e:
-        raise ModelLoadError(f"cannot read {path}: {e.strerror or e}") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path.name} in {path.parent} is not a JSON object ({what})")
-    return data
-
-
 def _tokenizer_files(hf_path: Path) -> tuple[dict, dict, dict]:
     """tokenizer.json, generation_config.json and tokenizer_config.json ({} when absent)."""
     tok_path = hf_path / "tokenizer.json"
     if not tok_path.is_file():
         raise ModelLoadError(f"{hf_path} has no tokenizer.json")
-    tok = _read_json(tok_path, "the tokenizer")
+    tok = read_json(tok_path)
     model = tok.get("model")
     if not isinstance(model, dict) or model.get("type") != "BPE":
         kind = model.get("type") if isinstance(model, dict) else None
@@ -287,7 +275,7 @@ def _tokenizer_files(hf_path: Path) -> tuple[dict, dict, dict]:
     other = []
     for name in ("generation_config.json", "tokenizer_config.json"):
         p = hf_path / name
-        other.append(_read_json(p, name) if p.is_file() else {})
+        other.append(read_json(p) if p.is_file() else {})
     return tok, other[0], other[1]
 
 
