@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlx.core as mx
@@ -15,6 +14,7 @@ from phiflash.checkpoint import (  # noqa: F401  (TOKENIZER_FILES, check_safeten
     check_tensors,
     open_checkpoint,
     read_config,
+    read_json,
     weight_files,
 )
 from phiflash.errors import ModelLoadError
@@ -102,10 +102,7 @@ def load_tokenizer(path, config: dict | None = None):
     eos = None
     gen = path / "generation_config.json"
     if gen.is_file():
-        try:
-            eos = json.loads(gen.read_text()).get("eos_token_id")
-        except json.JSONDecodeError as e:
-            raise ModelLoadError(f"{gen} is not valid JSON ({e})") from e
+        eos = read_json(gen).get("eos_token_id")
     if eos is None and config is not None:
         eos = config.get("eos_token_id")
     if isinstance(eos, int):
