@@ -208,7 +208,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             {"temperature": "--temp", "top_p": "--top-p", "max_tokens": "--max-tokens"}
         )
     except InvalidParamsError as e:
-        p.error(str(e))
+        p.exit(2, f"{p.prog}: error: {e}\n")  # one line, without the usage block
     return args
 
 

@@ -1,0 +1,334 @@
+"""Every bad input gets one clear line: the CLI as a user runs it (a subprocess).
+
+Each case runs `python -m phiflash.cli ...` in a scratch dir holding its inputs and checks:
+exit != 0, no "Traceback" anywhere, at most a few lines on stderr, the inputs byte-for-byte
+unchanged and no new files (nothing half-written). The chat cases check the opposite promise:
+a damaged or unwritable history never stops the chat from opening.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+from phiflash.engine import GenerationParams
+from phiflash.errors import InvalidParamsError
+from phiflash.paths import DEFAULT_MODEL_DIR
+from phiflash.tui.conversation import Conversation, Turn
+from phiflash.tui.history import HistoryStore
+from phiflash.tui.screens.settings import parse_settings
+
+MAX_STDERR_LINES = 3
+
+
+def env(**extra) -> dict:
+    e = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUTF8="0")
+    e.update(extra)
+    return e
+
+
+def snapshot(root: Path) -> dict:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def phiflash(args, cwd, stdin: bytes = b"", **extra_env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "phiflash.cli", *args],
+        input=stdin,
+        capture_output=True,
+        cwd=cwd,
+        env=env(**extra_env),
+        timeout=180,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory) -> Path:
+    """A prompt cache of the tiny fixture model (6 cached layers; the tutor has 8)."""
+    d = tmp_path_factory.mktemp("cache")
+    r = phiflash(
+        ["cache-prompt", "--model", str(TINY), "-p", "Nia has 40 coins."]
+        + ["--prompt-cache-file", "tiny.safetensors"],
+        cwd=d,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    return d / "tiny.safetensors"
+
+
+def gen(*flags):
+    return ["generate", "--model", str(TINY), "--max-tokens", "4", *flags]
+
+
+# (id, argv, stdin, words the one line must contain)
+CASES = [
+    ("stdin-not-utf8", gen("-p", "-"), b"\xff\xfe2 + 3 = \xc3(", "not UTF-8"),
+    ("min-p-5", gen("-p", "hi", "--min-p", "5"), b"", "--min-p must be in [0, 1]"),
+    ("temp-negative", gen("-p", "hi", "--temp", "-1"), b"", "--temp must be a finite number"),
+    ("temp-nan", gen("-p", "hi", "--temp", "nan"), b"", "--temp must be a finite number"),
+    ("temp-inf", gen("-p", "hi", "--temp", "inf"), b"", "--temp must be a finite number"),
+    ("top-p-2", gen("-p", "hi", "--top-p", "2"), b"", "--top-p must be in (0, 1]"),
+    ("top-p-0", gen("-p", "hi", "--top-p", "0"), b"", "--top-p must be in (0, 1]"),
+    ("top-k-negative", gen("-p", "hi", "--top-k", "-5"), b"", "--top-k must be >= 0"),
+    ("max-tokens-0", gen("-p", "hi", "--max-tokens", "0"), b"", "--max-tokens must be positive"),
+    ("max-tokens-neg2", gen("-p", "hi", "--max-tokens", "-2"), b"", "or -1 for no limit"),
+    ("prompt-empty", gen("-p", ""), b"", "the prompt is empty"),
+    ("prompt-blank", gen("-p", "  \n "), b"", "the prompt is empty"),
+    ("stdin-empty", gen("-p", "-"), b"", "the prompt is empty"),
+    ("kv-bits", gen("-p", "hi", "--kv-bits", "4"), b"", "--kv-bits is not supported"),
+    (
+        "cache-prompt-kv-bits",
+        ["cache-prompt", "--model", str(TINY), "-p", "x", "--prompt-cache-file", "o.safetensors"]
+        + ["--kv-bits", "8"],
+        b"",
+        "--kv-bits is not supported",
+    ),
+    (
+        "cache-prompt-empty",
+        ["cache-prompt", "--model", str(TINY), "-p", " ", "--prompt-cache-file", "o.safetensors"],
+        b"",
+        "the prompt is empty",
+    ),
+    (
+        "cache-prompt-no-dir",
+        ["cache-prompt", "--model", str(TINY), "-p", "x"]
+        + ["--prompt-cache-file", "missing/o.safetensors"],
+        b"",
+        "no such directory",
+    ),
+]
+
+
+@pytest.mark.parametrize("args,stdin,needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line(tmp_path, args, stdin, needle):
+    check_refused(tmp_path, args, stdin, needle)
+
+
+def check_refused(cwd: Path, args, stdin: bytes, needle: str) -> str:
+    before = snapshot(cwd)
+    r = phiflash(args, cwd, stdin)
+    out, err = r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+    assert r.returncode != 0, out + err
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert 1 <= len(lines) <= MAX_STDERR_LINES, err
+    assert needle in err, err
+    assert snapshot(cwd) == before  # inputs unchanged, nothing left behind
+    return err
+
+
+def test_prompt_cache_from_another_model_size(tmp_path, tiny_cache):
+    shutil.copy(tiny_cache, tmp_path / "tiny.safetensors")
+    args = ["generate", "--model", str(DEFAULT_MODEL_DIR), "--max-tokens", "4"]
+    err = check_refused(
+        tmp_path,
+        args + ["--prompt-cache-file", "tiny.safetensors", "-p", "How many?"],
+        b"",
+        "was made for another model",
+    )
+    assert "caches 6 layers, this model 8" in err
+
+
+def test_cache_prompt_never_overwrites_without_force(tmp_path, tiny_cache):
+    shutil.copy(tiny_cache, tmp_path / "tiny.safetensors")
+    args = ["cache-prompt", "--model", str(TINY), "-p", "Other text."]
+    check_refused(tmp_path, args + ["--prompt-cache-file", "tiny.safetensors"], b"", "--force")
+    # with --force it is replaced whole, and no temporary file is left
+    r = phiflash(args + ["--prompt-cache-file", "tiny.safetensors", "--force"], tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.safetensors"]
+    assert (tmp_path / "tiny.safetensors").read_bytes() != tiny_cache.read_bytes()
+
+
+def test_not_a_prompt_cache(tmp_path):
+    (tmp_path / "x.safetensors").write_bytes(b"\x00" * 64)
+    check_refused(
+        tmp_path,
+        gen("-p", "hi", "--prompt-cache-file", "x.safetensors"),
+        b"",
+        "is not a prompt cache",
+    )
+
+
+# -- the one validation rule, shared by generate, the chat's flags and its settings screen ----
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("temperature", -1.0),
+        ("temperature", float("nan")),
+        ("top_p", 2.0),
+        ("top_p", float("nan")),
+        ("min_p", 5.0),
+        ("top_k", -5),
+        ("max_tokens", 0),
+        ("max_tokens", -2),
+    ],
+)
+def test_validate_refuses(field, value):
+    with pytest.raises(InvalidParamsError):
+        GenerationParams(**{field: value}).validate()
+
+
+def test_validate_accepts_the_edges():
+    for kw in ({"temperature": 0.0}, {"top_p": 1.0}, {"min_p": 1.0}, {"max_tokens": -1}):
+        assert GenerationParams(**kw).validate() is not None
+
+
+def test_settings_screen_uses_the_same_rule():
+    assert parse_settings("0", "1", "-1") == (0.0, 1.0, -1)
+    for temp, top_p, max_tokens in (("nan", "0.9", "10"), ("-1", "0.9", "10"), ("1", "2", "1")):
+        with pytest.raises(ValueError):
+            parse_settings(temp, top_p, max_tokens)
+
+
+def test_chat_flags_use_the_same_rule(tmp_path):
+    r = phiflash(["chat", "--temp", "nan"], tmp_path, PHIFLASH_DATA_DIR=str(tmp_path / "data"))
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "--temp must be a finite number" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= MAX_STDERR_LINES
+    assert not (tmp_path / "data").exists()
+
+
+# -- the chat history: damaged or unwritable, the chat still opens -----------------------------
+
+
+def filled_store(path: Path) -> None:
+    store = HistoryStore(path)
+    for i in range(40):
+        store.add(Conversation(), Turn("user", f"problem {i} " + "x" * 3000))
+    store.close()
+
+
+def test_history_not_sqlite_is_moved_aside(tmp_path):
+    db = tmp_path / "history.sqlite3"
+    db.write_bytes(b"not a database\n" * 100)
+    store = HistoryStore.open_safely(db)
+    assert store.notice and "damaged" in store.notice and "\n" not in store.notice
+    aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1 and aside[0].read_bytes() == b"not a database\n" * 100
+    store.add(Conversation(), Turn("user", "2+3"))  # the fresh store works
+    assert len(store.list()) == 1
+    store.close()
+
+
+def test_history_with_damaged_pages_is_moved_aside(tmp_path):
+    db = tmp_path / "history.sqlite3"
+    filled_store(db)
+    data = bytearray(db.read_bytes())
+    page = int.from_bytes(data[16:18], "big")  # the header's page size
+    data[page : page + 64] = b"\x13" * 64  # page 2: a b-tree page's header
+    db.write_bytes(bytes(data))
+    store = HistoryStore.open_safely(db)
+    assert store.notice and "damaged" in store.notice and "\n" not in store.notice
+    assert store.list() == [] and store.path == db
+    store.close()
+
+
+def test_history_healthy_is_kept(tmp_path):
+    db = tmp_path / "history.sqlite3"
+    filled_store(db)
+    store = HistoryStore.open_safely(db)
+    assert store.notice is None and len(store.list()) == 40
+    store.close()
+
+
+def test_history_unwritable_falls_back_to_memory(tmp_path):
+    # the data dir cannot be created (a file is in the way; fails the same way for root)
+    (tmp_path / "file").write_text("x")
+    store = HistoryStore.open_safely(tmp_path / "file" / "data" / "history.sqlite3")
+    assert store.notice and "will not be saved" in store.notice
+    store.add(Conversation(), Turn("user", "2+3"))
+    assert len(store.list()) == 1
+    store.close()
+    # the database path is a directory: sqlite cannot open it
+    (tmp_path / "dir.sqlite3").mkdir()
+    store = HistoryStore.open_safely(tmp_path / "dir.sqlite3")
+    assert store.notice and "will not be saved" in store.notice
+    store.close()
+
+
+@pytest.mark.skipif(os.name == "nt" or (hasattr(os, "getuid") and os.getuid() == 0), reason="root")
+def test_history_read_only_file_falls_back_to_memory(tmp_path):
+    db = tmp_path / "history.sqlite3"
+    filled_store(db)
+    db.chmod(0o444)
+    tmp_path.chmod(0o555)
+    try:
+        store = HistoryStore.open_safely(db)
+        assert store.notice and "will not be saved" in store.notice
+        store.close()
+    finally:
+        tmp_path.chmod(0o755)
+
+
+def run_chat_in_pty(data_dir: Path, settle: float = 4.0, timeout: float = 60.0):
+    """Start `phiflash chat` (demo engine) on a pseudo-terminal, press ctrl+q, return output."""
+    import pty
+    import select
+    import signal
+
+    e = env(
+        PHIFLASH_FAKE_ENGINE="1",
+        PHIFLASH_FAKE_LOAD_S="0",
+        PHIFLASH_DATA_DIR=str(data_dir),
+        TERM="xterm-256color",
+    )
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execve(sys.executable, [sys.executable, "-m", "phiflash.cli", "chat"], e)
+    out, t0, sent = b"", time.monotonic(), False
+    while time.monotonic() - t0 < timeout:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        if not sent and time.monotonic() - t0 > settle:
+            os.write(fd, b"\x11")  # ctrl+q
+            sent = True
+    else:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="needs a POSIX pseudo-terminal")
+def test_chat_opens_on_a_damaged_history(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "history.sqlite3").write_bytes(b"garbage" * 50)
+    code, out = run_chat_in_pty(data)
+    assert code == 0 and "Traceback" not in out
+    assert "note: the chat history was damaged" in out
+    names = sorted(p.name for p in data.iterdir())
+    assert "history.sqlite3" in names and any(".corrupt-" in n for n in names)
+    with sqlite3.connect(data / "history.sqlite3") as db:  # the fresh one is real SQLite
+        assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="needs a POSIX pseudo-terminal")
+def test_chat_opens_with_an_unwritable_data_dir(tmp_path):
+    (tmp_path / "file").write_text("x")
+    code, out = run_chat_in_pty(tmp_path / "file" / "data")
+    assert code == 0 and "Traceback" not in out
+    assert "will not be saved" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
