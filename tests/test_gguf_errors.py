@@ -507,3 +507,30 @@ def test_kill_9_leftovers_removed_by_next_run(tmp_path, medium_ckpt):
     r = phiflash("convert-gguf", "--hf-path", TINY, "--outfile", out_dir / "tiny.gguf", "--quiet")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out_dir.iterdir()) == ["tiny.gguf"]
+
+
+def test_ctrl_c_during_mlx_convert_leaves_nothing(tmp_path, medium_ckpt):
+    """`phiflash convert` interrupted while writing its temp dir: exit 130, nothing left."""
+    import signal
+    import time
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen(
+        [*CMD, "convert", "--hf-path", str(medium_ckpt), "--mlx-path", str(out_dir / "m")]
+        + ["--dtype", "float32", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 240
+    while not [p for p in out_dir.iterdir() if "phiflash-tmp" in p.name]:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted", err
+    assert list(out_dir.iterdir()) == []
