@@ -232,6 +232,8 @@ def convert(
         raise ConversionError(f"the output {out} is the input; choose another --mlx-path")
     if Path(src).resolve() in out.resolve().parents:
         raise ConversionError(f"the output {out} is inside the input; choose another --mlx-path")
+    if out.resolve() in Path(src).resolve().parents:
+        raise ConversionError(f"the output {out} contains the input; choose another --mlx-path")
     if out.exists() and not out.is_dir():
         raise ConversionError(f"{out} is a file; --mlx-path names the output folder")
     parent = out.parent

@@ -331,4 +331,6 @@ def test_output_inside_the_input_is_refused(tmp_path, capsys):
     assert code == 1 and "inside the input" in err and not (src / "mlx").exists()
     code, err = run_cli(capsys, "--hf-path", src, "--mlx-path", src, "--force")
     assert code == 1 and "is the input" in err
+    code, err = run_cli(capsys, "--hf-path", src, "--mlx-path", tmp_path, "--force")
+    assert code == 1 and "contains the input" in err
     assert sorted(p.name for p in src.iterdir()) == sorted(p.name for p in TINY.iterdir())
