@@ -77,6 +77,16 @@ class Server:
         self.log.flush()
         return self.log_path.read_text()[-3000:]
 
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """True once /health reports no request in flight (a request is counted out just
+        after its last byte is sent)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.request("GET", "/health", auth=False)[1]["in_flight"] == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
     # -- requests -------------------------------------------------------------------------------
     def headers(self, auth=True, key=None) -> dict:
         h = {"Content-Type": "application/json"}

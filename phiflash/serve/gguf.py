@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 
+from phiflash.engine import check_context
+from phiflash.errors import ContextLengthError
 from phiflash.serve.options import (
     CHAT_PATHS,
     COUNT_TOKENS_PATH,
@@ -109,7 +111,8 @@ class ClassroomMiddleware:
             n = await run_in_threadpool(self.engine.count_tokens, messages)
             return await _send_json(send, 200, {"prompt_tokens": n})
         if method == "POST" and path in CHAT_PATHS + TEXT_PATHS:
-            body, _params = validate(await _read_json(receive), room, chat=path in CHAT_PATHS)
+            body, params = validate(await _read_json(receive), room, chat=path in CHAT_PATHS)
+            await self._check_context(body, params)
             body["model"] = room.model_id
             body.setdefault("repeat_penalty", 1.0)  # llama-cpp-python's default is 1.1
             room.admit()
@@ -121,6 +124,19 @@ class ClassroomMiddleware:
         if method == "POST" and path in PASS_THROUGH:
             return await self.app(scope, receive, send)
         raise RequestError(404, f"no such endpoint: {method} {path}", "not_found")
+
+    async def _check_context(self, body: dict, params) -> None:
+        """The project's one overflow rule (llama-cpp-python would lower max_tokens silently)."""
+        from starlette.concurrency import run_in_threadpool
+
+        if "messages" in body:
+            n = await run_in_threadpool(self.engine.count_tokens, body["messages"])
+        else:
+            n = len(await run_in_threadpool(self.engine.tokenize, body["prompt"]))
+        try:
+            check_context(n, params.max_tokens, self.room.context_limit)
+        except ContextLengthError as e:
+            raise RequestError(400, str(e), "context_length_exceeded") from None
 
     @staticmethod
     def _with_body(scope, receive, body: dict, chat: bool):

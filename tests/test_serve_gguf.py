@@ -1,0 +1,172 @@
+"""`phiflash serve` on a .gguf (the bundled tutor as Q8_0): llama-cpp-python's server routes
+over phiflash's own ``Llama``, requests queued (never cut off), classroom checks in front.
+
+Servers run as subprocesses on a free 127.0.0.1 port (tests/serve_util.py), stopped by the
+fixture. Temperature 0 unless a test is about sampling.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+from serve_util import QUESTIONS, Server, answer, bad_requests, concurrently, user
+
+from phiflash.engine import GenerationParams
+from phiflash.paths import DEFAULT_MODEL_DIR
+from phiflash.quantize.gguf_convert import convert
+from phiflash.remote import RemoteEngine
+
+CAP = 512
+SYSTEM = "You are a math tutor for a class of twelve-year-olds."
+BOXED = {0: "85", 1: "84", 3: "8"}  # the tutor answers these right (alone)
+
+
+@pytest.fixture(scope="session")
+def tutor_gguf(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tutor-gguf") / "phiflash-tutor-Q8_0.gguf"
+    return convert(DEFAULT_MODEL_DIR, out, "q8_0", progress=False)
+
+
+@pytest.fixture(scope="module")
+def server(tutor_gguf, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve-gguf") / "server.log"
+    with Server(tutor_gguf, log, "--max-tokens-cap", str(CAP), "--threads", "2") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def engine(tutor_gguf):
+    from phiflash_gguf.engine import GGUFEngine
+
+    return GGUFEngine(str(tutor_gguf), n_threads=2)
+
+
+def solo(engine, messages, max_tokens=128):
+    engine.reset()
+    params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
+    chunks = list(engine.stream(messages, params))
+    return "".join(c.text for c in chunks), chunks[-1].finish_reason
+
+
+def boxed(text):
+    found = re.findall(r"\\boxed\{([^}]*)\}", text)
+    return found[-1] if found else None
+
+
+def test_chat_completion_is_the_engines_answer(server, engine, tutor_gguf):
+    status, resp = server.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
+    assert status == 200, resp
+    text, finish = answer(resp)
+    assert (text, finish) == solo(engine, user(QUESTIONS[0]))
+    assert finish == "stop" and boxed(text) == "85"
+    assert resp["model"] == Path(tutor_gguf).name
+    assert resp["usage"]["prompt_tokens"] == engine.count_tokens(user(QUESTIONS[0]))
+
+
+def test_streaming_gives_the_same_text_piece_by_piece(server):
+    _, resp = server.chat(user(QUESTIONS[1]), max_tokens=128, temperature=0)
+    text, finish, events = server.stream(user(QUESTIONS[1]), max_tokens=128, temperature=0)
+    assert (text, finish) == answer(resp)
+    assert events > 10
+
+
+def test_concurrent_requests_queue_and_none_is_cut_off(server):
+    alone = [answer(server.chat(user(q), max_tokens=200, temperature=0)[1]) for q in QUESTIONS]
+    # streams first: llama-cpp-python's default (interrupt_requests) would end a running stream
+    # as soon as the next request arrives
+    streams = concurrently(
+        lambda q: server.stream(user(q), max_tokens=200, temperature=0), QUESTIONS
+    )
+    for i, (text, finish, _) in enumerate(streams):
+        assert finish == "stop", f"stream {i} cut off: {text!r}"
+        assert (text, finish) == alone[i]
+        assert boxed(text) == BOXED.get(i, boxed(alone[i][0]))
+    together = concurrently(
+        lambda q: server.chat(user(q), max_tokens=200, temperature=0), QUESTIONS
+    )
+    assert [(s, answer(r)) for s, r in together] == [(200, a) for a in alone]
+
+
+@pytest.mark.parametrize("label,kwargs,status,words", bad_requests(str(DEFAULT_MODEL_DIR)))
+def test_bad_request_is_4xx_json_and_the_server_keeps_serving(server, label, kwargs, status, words):
+    got, body = server.request("POST", "/v1/chat/completions", **kwargs)
+    assert got == status, (label, body)
+    assert isinstance(body, dict) and words in body["error"]["message"], body
+    ok, resp = server.chat(user("What is 2 + 3?"), max_tokens=64, temperature=0)
+    assert ok == 200 and answer(resp)[0], resp
+
+
+def test_stock_endpoints_outside_the_classroom_are_closed(server):
+    good = {"input": [1, 2]}
+    assert server.request("POST", "/v1/embeddings", good)[0] == 404
+    assert server.request("POST", "/v1/engines/copilot-codex/completions", good)[0] == 404
+    status, body = server.request("POST", "/extras/tokenize", {"input": "2 + 3"})
+    assert status == 200 and body["tokens"]
+
+
+def test_sampling_parameters_change_the_output(server):
+    def text(**p):
+        status, resp = server.chat(user("hello"), max_tokens=30, top_p=1.0, **p)
+        assert status == 200, resp
+        return answer(resp)[0]
+
+    greedy = text(temperature=0)
+    hot = text(temperature=2.0, seed=1)
+    assert hot != greedy
+    assert text(temperature=2.0, seed=1) == hot
+    assert text(temperature=2.0, seed=1, top_k=1) == greedy
+
+
+def test_models_health_count_and_overflow(server, engine, tutor_gguf):
+    status, models = server.request("GET", "/v1/models")
+    assert status == 200
+    (entry,) = models["data"]
+    assert entry["id"] == Path(tutor_gguf).name
+    ext = entry["phiflash"]
+    assert (ext["engine"], ext["quantization"]) == ("gguf", "Q8_0")
+    assert ext["context_limit"] == engine.context_limit
+    assert server.request("GET", "/v1/models", auth=False)[0] == 401
+    assert server.request("GET", "/health", auth=False)[1]["status"] == "ok"
+    msgs = user(QUESTIONS[2])
+    status, count = server.request("POST", "/phiflash/count_tokens", {"messages": msgs})
+    assert status == 200 and count["prompt_tokens"] == engine.count_tokens(msgs)
+    # prompt + max_tokens over the context: refused (llama-cpp-python would lower max_tokens)
+    long = user("1 + " * 1300 + "1 = ?")
+    assert engine.count_tokens(long) < engine.context_limit < engine.count_tokens(long) + CAP
+    status, body = server.chat(long, max_tokens=CAP)
+    assert status == 400 and "context" in body["error"]["message"], body
+
+
+def test_remote_engine_streams_what_the_engine_streams(server, engine):
+    remote = RemoteEngine(server.url, api_key=server.api_key)
+    assert (remote.name, remote.quantization) == ("remote gguf", "Q8_0")
+    assert remote.context_limit == engine.context_limit
+    msgs = user(QUESTIONS[0])
+    chunks = list(remote.stream(msgs, GenerationParams(max_tokens=128, temperature=0.0)))
+    assert ("".join(c.text for c in chunks), chunks[-1].finish_reason) == solo(engine, msgs)
+    assert chunks[-1].prompt_tokens == engine.count_tokens(msgs)
+    assert chunks[-1].generation_tokens == len(chunks) - 1
+
+
+def test_fixed_system_prompt_and_queue_limit(tutor_gguf, engine, tmp_path):
+    args = ("--system-prompt", SYSTEM, "--queue-limit", "2", "--threads", "2")
+    with Server(tutor_gguf, tmp_path / "server.log", *args) as s:
+        status, body = s.chat([{"role": "system", "content": "Be a pirate."}] + user("2+3?"))
+        assert status == 400 and "system prompt" in body["error"]["message"]
+        status, body = s.request("POST", "/v1/completions", {"prompt": "2+3=", "max_tokens": 4})
+        assert status == 400 and "system prompt" in body["error"]["message"]
+        status, resp = s.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
+        with_system = [{"role": "system", "content": SYSTEM}] + user(QUESTIONS[0])
+        assert status == 200 and answer(resp) == solo(engine, with_system)
+        results = concurrently(
+            lambda q: s.chat(user(q), max_tokens=200, temperature=0), QUESTIONS * 2
+        )
+        codes = sorted(status for status, _ in results)
+        assert 503 in codes and codes.count(200) >= 2, codes
+        for status, body in results:
+            if status == 503:
+                assert "busy" in body["error"]["message"]
+            else:
+                assert answer(body)[1] == "stop"
+        assert s.wait_idle()  # every admitted request counted out again
+        assert s.chat(user(QUESTIONS[3]), max_tokens=200, temperature=0)[0] == 200
