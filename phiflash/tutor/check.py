@@ -340,17 +340,21 @@ _REFERS_BACK = re.compile(
 )
 _LEAD = re.compile(
     r"^(?:(?:and|hey|hi|hello|ok|okay|so|um|uh|well|please|pls|plz|quick question|question|"
+    r"quick one|next one|another one|new question|next|thanks|thank you|thx|"
     r"can you|could you|would you|will you|help me|tell me|i need to|i want to|i need|"
-    r"let's|lets|now)\b[,:]?\s*)+"
+    r"if you|let's|lets|now)\b[,:!]?\s*)+"
 )
 _ASK = re.compile(
-    r"^(?:what is|what's|whats|what s|wat is|wats|what are|how much is|how much are|"
+    r"^(?:what do you get (?:when you|if you|for)|what number is|"
+    r"what is|what's|whats|what s|wat is|wats|what are|how much is|how much are|"
     r"compute|calculate|evaluate|work out|figure out|find|simplify|solve|do|give me|"
+    r"take(?= [\d.,]+ ?(?:%|percent) of)|"
     r"get|determine)\b\s*(?:the value of\s*|the answer to\s*|the result of\s*)?:?\s*"
 )
 _TAIL = re.compile(
     r"\s*(?:,?\s*(?:please|pls|plz|thanks|thank you|thx)|in lowest terms|in simplest form|"
-    r"as a fraction|simplified|simplify your answer|and simplify|exactly)$"
+    r"as a fraction|simplified|simplify your answer|and simplify|exactly|for me|"
+    r",\s*what (?:do you get|is left|is the result))$"
 )
 
 
@@ -394,26 +398,36 @@ _BINARY = (
     (rf"^(?:the )?quotient of {_E} and {_E}$", "/", False),
     (rf"^divide {_E} by {_E}$", "/", False),
     (rf"^{_E} (?:added to|more than) {_E}$", "+", False),
+    (rf"^(?:the )?total of {_E} and {_E}$", "+", False),
+    (rf"^how many times does {_E} go into {_E}$", "/", True),
+    (rf"^how many {_E}s are (?:there )?in {_E}$", "/", True),
+    (rf"^{_E} lots of {_E}$", "*", False),
     (rf"^{_E} less than {_E}$", "-", True),
 )
 _PCT = r"(?:%|percent|per cent|percentage)"
 _PERCENT_OF_WHAT = (
     (rf"^(?:what|what's|whats|which) {_PCT} of {_E} is {_E}$", False),
     (rf"^{_E} is what {_PCT} of {_E}$", True),
-    (rf"^(?:express )?{_E} out of {_E} as an? {_PCT}$", True),
+    (rf"^(?:express |write )?{_E} out of {_E} as an? {_PCT}$", True),
     (rf"^what {_PCT} is {_E} of {_E}$", True),
+    (rf"^how many {_PCT} of {_E} is {_E}$", False),
+    (rf"^{_E} as an? {_PCT} of {_E}$", True),
+    (rf"^{_E} out of {_E} is what {_PCT}$", True),
+    (rf"^what {_PCT} is {_E} out of {_E}$", True),
 )
 _CHANGE = re.compile(
     rf"{_PCT} (change|increase|decrease|rise|drop|fall)\b.*?\bfrom (.+?) to (.+?)$"
     rf"|from (.+?) to (.+?)\b.*?\bby what {_PCT}(?: did (?:it|the \w+) (\w+))?$"
-    rf"|from (.+?) to (.+?)[.,;]\s*(?:what is|what's|whats|find) the {_PCT} "
+    rf"|from (.+?) to (.+?)[.,;:]\s*(?:what is|what's|whats|find)? ?the {_PCT} "
     rf"(change|increase|decrease)$"
+    rf"|^by what {_PCT} does (.+?) (increase|decrease|rise|fall|change) to (?:get |reach )?(.+?)$"
+    rf"|^(?:from )?(.+?) to (.+?) is (?:what|which) {_PCT} (change|increase|decrease)$"
 )
 _EQ_LEAD = re.compile(
-    r"^(?:solve|find|determine|what is|what's|whats|work out|get)?\s*"
-    r"(?:for ([a-z])\b)?\s*(?:in|if|when|given|where|such that|the equation|equation)?\s*"
-    r"(?:[a-z] (?=if |when |given |where |such that ))?"
-    r"(?:if|when|given that|given|where|such that)?\s*:?\s*"
+    r"^(?:solve|find|determine|what is|what's|whats|work out|get)?\s*(?:the value of\s*)?"
+    r"(?:for\s+)?(?:([a-z])\s*(?::|,|\bif\b|\bwhen\b|\bgiven\b|\bwhere\b|\bsuch that\b|$|"
+    r"(?=\s*-?\s*\d*\s*[a-z(]?[^=]*=)(?<=for [a-z]))\s*)?"
+    r"(?:the equation|equation|if|when|given that|given|where|such that)?\s*:?\s*"
 )
 _EQ_VALUE = re.compile(
     r"^what (?:value of ([a-z])|number ([a-z])) (?:satisfies|solves|makes)\s*:?\s*(.+?)"
@@ -449,8 +463,12 @@ def _solve_text(question: str) -> Solution:
             word, y, z = g[0], g[1], g[2]
         elif g[3] is not None:
             y, z, word = g[3], g[4], g[5] or "change"
-        else:
+        elif g[6] is not None:
             y, z, word = g[6], g[7], g[8]
+        elif g[9] is not None:
+            y, word, z = g[9], g[10], g[11]
+        else:
+            y, z, word = g[12], g[13], g[14]
         yv, zv = _expr_value(y, sp), _expr_value(z, sp)
         if yv == 0:
             raise NotCheckable("change from zero")
@@ -469,7 +487,10 @@ def _solve_text(question: str) -> Solution:
         if m:
             a, b = m.group(1), m.group(2)
             z, y = (a, b) if swapped else (b, a)
-            yv, zv = _expr_value(y, sp), _expr_value(z, sp)
+            try:
+                yv, zv = _expr_value(y, sp), _expr_value(z, sp)
+            except NotCheckable:
+                continue  # another reading may fit ("what percent is 5 out of 20")
             if yv == 0:
                 raise NotCheckable("percent of zero")
             return Solution("percent", _to_fraction(zv / yv * 100))
@@ -515,16 +536,32 @@ def _solve_text(question: str) -> Solution:
             a, b = m.group(1), m.group(2)
             if swapped:
                 a, b = b, a
-            av, bv = _expr_value(a, sp), _expr_value(b, sp)
+            try:
+                av, bv = _expr_value(a, sp), _expr_value(b, sp)
+            except NotCheckable:
+                continue
             if op == "/" and bv == 0:
                 raise NotCheckable("division by zero")
             v = {"+": av + bv, "-": av - bv, "*": av * bv, "/": av / bv if bv else 0}[op]
             return Solution("arithmetic", _to_fraction(v))
-    v = _expr_value(core, sp)
     tokens = tokenize(_words_to_ops(core))
-    if len(tokens) < 2:
+    if not _has_operation(tokens):
         raise NotCheckable("a bare number is not a problem")
+    v = _expr_value(core, sp)
     return Solution("arithmetic", _to_fraction(v), decimal="." in core)
+
+
+def _has_operation(tokens: list[tuple[str, str]]) -> bool:
+    """A binary operation (or a written fraction) between operands: "+ 3" alone has none."""
+    operand = ("num", "var", "frac")
+    for i, (kind, val) in enumerate(tokens):
+        if kind == "frac":
+            return True
+        if kind == "op" and val in "+-*/^of" and i > 0:
+            prev = tokens[i - 1]
+            if prev[0] in operand or prev == ("op", ")") or prev == ("op", "%"):
+                return True
+    return False
 
 
 def _words_to_ops_eq(s: str) -> str:
