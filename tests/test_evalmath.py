@@ -1,12 +1,21 @@
 import json
+import time
 from dataclasses import dataclass
 
 import pytest
 
 from phiflash.commands import eval_math
 from phiflash.engine import FakeEngine, GenerationParams
-from phiflash.tutor.data import KINDS, dataset
-from phiflash.tutor.evalmath import evaluate, format_table, greedy_params
+from phiflash.errors import PhiflashError
+from phiflash.tutor import evalmath
+from phiflash.tutor.data import EVAL_SETS, MATH_KINDS, dataset, eval_set
+from phiflash.tutor.evalmath import (
+    evaluate,
+    format_table,
+    grade,
+    greedy_params,
+    math_verify_equal,
+)
 
 
 @dataclass
@@ -18,10 +27,10 @@ class OracleEngine(FakeEngine):
     params_seen: list | None = None
 
     def stream(self, messages, params, should_stop=None):
-        ex = self.solutions[messages[-1]["content"]]
+        ex = self.solutions[json.dumps(messages)]
         reply = ex["messages"][-1]["content"]
         if ex["kind"] in self.wrong_kinds:
-            reply = reply.replace("\\boxed{", "\\boxed{9")
+            reply = reply.replace("\\boxed{", "\\boxed{9") if ex["answer"] else "\\boxed{1}"
         self.reply = reply
         if self.params_seen is not None:
             self.params_seen.append(params)
@@ -29,46 +38,80 @@ class OracleEngine(FakeEngine):
 
 
 def _oracle(problems, **kw):
-    return OracleEngine(solutions={ex["messages"][-2]["content"]: ex for ex in problems}, **kw)
+    return OracleEngine(solutions={json.dumps(ex["messages"][:-1]): ex for ex in problems}, **kw)
+
+
+def _all_sets(n):
+    return [ex for name in EVAL_SETS for ex in eval_set(name, n)]
 
 
 def test_all_correct_and_greedy():
-    problems = dataset("test", 60)
+    problems = _all_sets(16)
     seen = []
     eng = _oracle(problems, params_seen=seen)
     res = evaluate(eng, problems, progress=False)
-    assert res["accuracy"] == 1.0 and res["n"] == 60 and res["correct"] == 60
-    assert res["failures"] == []
-    assert list(res["per_kind"]) == list(KINDS)
-    assert all(k["n"] == 10 and k["accuracy"] == 1.0 for k in res["per_kind"].values())
+    assert res["failures"] == [], res["failures"][:2]
+    assert res["accuracy"] == 1.0 and res["n"] == 64 and res["correct"] == 64
+    assert list(res["per_set"]) == list(EVAL_SETS)
+    assert all(s["n"] == 16 and s["accuracy"] == 1.0 for s in res["per_set"].values())
+    assert set(res["per_kind"]) >= set(MATH_KINDS) | {"followup", "newq", "refusal"}
     assert all(p.temperature == 0 for p in seen)
-    assert eng.resets == 60  # fresh cache for every problem
+    assert eng.resets == 64  # fresh cache for every problem
     assert res["tokens"] > 0
 
 
-def test_wrong_kinds_counted_per_kind():
-    problems = dataset("test", 60)
-    res = evaluate(_oracle(problems, wrong_kinds=("frac", "percent")), problems, progress=False)
-    assert res["accuracy"] == pytest.approx(40 / 60)
+def test_wrong_kinds_counted_per_set_and_kind():
+    problems = _all_sets(16)
+    res = evaluate(_oracle(problems, wrong_kinds=("frac", "refusal")), problems, progress=False)
     assert res["per_kind"]["frac"]["accuracy"] == 0.0
     assert res["per_kind"]["add"]["accuracy"] == 1.0
-    assert len(res["failures"]) == 20
-    f = res["failures"][0]
-    assert f["kind"] in ("frac", "percent") and f["pred"].startswith("9") and f["reply"]
+    assert res["per_set"]["refusals"]["accuracy"] == 0.0  # a box in a refusal is wrong
+    assert res["per_set"]["problems"]["correct"] == 14  # 2 of 16 are fractions
+    f = next(f for f in res["failures"] if f["kind"] == "frac")
+    assert f["set"] in ("problems", "phrasings") and f["pred"].startswith("9") and f["reply"]
     table = format_table(res)
-    assert "frac" in table and "66.7%" in table
+    assert "refusals" in table and "frac" in table and "0.0%" in table
+
+
+def test_grading_with_math_verify():
+    assert math_verify_equal("\\frac{19}{12}", "19/12")
+    assert math_verify_equal("\\frac{19}{12}", "\\dfrac{19}{12}")
+    assert math_verify_equal("-5", "x = -5")
+    assert math_verify_equal("25\\%", "25\\%") and math_verify_equal("25\\%", "25")
+    assert math_verify_equal("1406", "1,406")
+    assert not math_verify_equal("7", "34")
+    assert not math_verify_equal("-4", "4")
+    assert not math_verify_equal("7", None)
+    ex = {"answer": "12", "gold": "12"}
+    assert grade(ex, "<think>…</think>So \\boxed{11} no \\boxed{12}.") == (True, "12")
+    refusal = {"answer": None, "gold": None}
+    assert grade(refusal, "Sorry, I can only do arithmetic.") == (True, None)
+    assert grade(refusal, "Sorry", finish_reason="length")[0] is False
+    assert grade(refusal, "\\boxed{3}")[0] is False
+
+
+def test_grading_time_is_bounded(monkeypatch):
+    def slow(gold, pred):
+        time.sleep(2.0)
+        return True
+
+    monkeypatch.setattr(evalmath, "_verify", slow)
+    start = time.perf_counter()
+    assert math_verify_equal("1", "1", timeout=0.2) is False
+    assert time.perf_counter() - start < 1.5
 
 
 def test_constant_fake_engine():
-    problems = [ex for ex in dataset("test", 200) if ex["answer"] == "5"]
-    problems += dataset("test", 6)
+    problems = [dict(ex, set="problems") for ex in dataset("test", 300) if ex["answer"] == "5"]
+    problems += eval_set("problems", 8)
     res = evaluate(FakeEngine(), problems, greedy_params(64), progress=False)
-    n5 = len(problems) - 6
+    n5 = len(problems) - 8
+    assert n5 > 0
     assert res["correct"] == n5 + sum(ex["answer"] == "5" for ex in problems[n5:])
 
 
 def test_no_box_and_truncation_fail():
-    problems = dataset("test", 3)
+    problems = eval_set("problems", 3)
     res = evaluate(FakeEngine(reply="I think it is 5."), problems, progress=False)
     assert res["accuracy"] == 0.0 and all(f["pred"] is None for f in res["failures"])
     long = "<think>" + "step " * 50 + "</think>\\boxed{1}"
@@ -81,21 +124,25 @@ def test_no_box_and_truncation_fail():
     assert all(f["finish_reason"] == "length" for f in res["failures"])
 
 
-def test_main_cli(tmp_path, capsys, monkeypatch):
-    problems = dataset("test", 12)
-    eng = _oracle(problems, wrong_kinds=("mul",))
+def test_main_cli(tmp_path, capsys):
+    problems = _all_sets(4)
+    eng = _oracle(problems, wrong_kinds=("followup", "newq"))
     out = tmp_path / "r.json"
-    rc = eval_math.main(["--n", "12", "--json", str(out), "--no-progress"], engine=eng)
+    rc = eval_math.main(["--n", "4", "--json", str(out), "--no-progress"], engine=eng)
     assert rc == 0
     text = capsys.readouterr().out
-    assert "linear" in text and "all" in text and "83.3%" in text
+    assert "phrasings" in text and "followups" in text and "all" in text and "75.0%" in text
     data = json.loads(out.read_text())
-    assert data["n"] == 12 and data["correct"] == 10 and data["split"] == "test"
-    assert data["per_kind"]["mul"]["accuracy"] == 0.0
+    assert data["n"] == 16 and data["correct"] == 12 and data["n_per_set"] == 4
+    assert data["per_set"]["followups"]["accuracy"] == 0.0
+    with pytest.raises(PhiflashError, match="exists"):
+        eval_math.main(["--n", "4", "--json", str(out), "--no-progress"], engine=eng)
+    assert eval_math.main(["--n", "4", "--json", str(out), "--force"], engine=eng) == 0
 
 
 def test_main_opens_engine(monkeypatch, capsys):
-    problems = dataset("test", 4, kinds=("add", "linear"))
+    problems = eval_set("problems", 4, kinds=("add", "linear"))
+    assert {ex["kind"] for ex in problems} == {"add", "linear"}
     eng = _oracle(problems)
     calls = []
 
@@ -104,11 +151,19 @@ def test_main_opens_engine(monkeypatch, capsys):
         return eng
 
     monkeypatch.setattr("phiflash.engines.open_engine", fake_open)
-    rc = eval_math.main(
-        ["--model", "m", "--engine", "gguf", "--n", "4", "--kinds", "add,linear", "--no-progress"]
-    )
+    args = ["--model", "m", "--engine", "gguf", "--n", "4", "--sets", "problems"]
+    rc = eval_math.main(args + ["--kinds", "add,linear", "--no-progress"])
     assert rc == 0 and calls == [("m", "gguf")]
     assert "100.0%" in capsys.readouterr().out
+
+
+def test_bad_arguments():
+    with pytest.raises(SystemExit):
+        eval_math.main(["--sets", "problems,homework"])
+    with pytest.raises(PhiflashError, match="--n"):
+        eval_math.main(["--n", "0"])
+    with pytest.raises(PhiflashError, match="no problems"):
+        eval_math.main(["--sets", "refusals", "--kinds", "add"])
 
 
 def test_cli_dispatch(monkeypatch):

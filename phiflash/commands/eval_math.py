@@ -4,18 +4,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from phiflash.engine import DEFAULT_MAX_TOKENS, Engine
+from phiflash.errors import PhiflashError
 from phiflash.paths import RESOLUTION_HELP
-from phiflash.tutor.data import KINDS, dataset, kinds_arg
+from phiflash.tutor.data import EVAL_SETS, KINDS, eval_set, kinds_arg
 from phiflash.tutor.evalmath import DEFAULT_N, evaluate, format_table, greedy_params
+
+
+class EvalMathError(PhiflashError):
+    """A bad eval-math argument."""
+
+
+def sets_arg(text: str) -> tuple[str, ...]:
+    """argparse type for ``--sets``: comma-separated eval sets."""
+    sets = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in sets if s not in EVAL_SETS]
+    if bad or not sets:
+        raise argparse.ArgumentTypeError(
+            f"unknown eval set {bad[0] if bad else text!r} (choose from {','.join(EVAL_SETS)})"
+        )
+    return sets
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="phiflash eval-math",
-        description="Greedy accuracy on the held-out tutor math problems "
-        "(answer read from the last \\boxed{}, compared as numbers).",
+        description="Greedy accuracy on the held-out tutor sets: problems, phrasings, "
+        "follow-ups and refusals, reported apart (answer from the last \\boxed{}, graded "
+        "by math-verify).",
     )
     ap.add_argument(
         "--model",
@@ -28,14 +46,19 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="force an engine (default: from the model path)",
     )
-    ap.add_argument("--n", type=int, default=DEFAULT_N, help=f"problems (default {DEFAULT_N})")
-    ap.add_argument("--split", choices=("test", "train"), default="test")
-    ap.add_argument("--seed", type=int, default=None, help="problem seed (default: the split's)")
+    ap.add_argument(
+        "--sets",
+        type=sets_arg,
+        default=tuple(EVAL_SETS),
+        help=f"comma-separated eval sets (default: {','.join(EVAL_SETS)})",
+    )
+    ap.add_argument("--n", type=int, default=DEFAULT_N, help=f"per set (default {DEFAULT_N})")
+    ap.add_argument("--seed", type=int, default=None, help="problem seed (default: the test one)")
     ap.add_argument(
         "--kinds",
         type=kinds_arg,
-        default=KINDS,
-        help=f"comma-separated subset of {','.join(KINDS)} (default: all)",
+        default=None,
+        help=f"keep only these kinds (comma-separated, of {','.join(KINDS)})",
     )
     ap.add_argument(
         "--max-tokens",
@@ -44,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"max new tokens per reply (default {DEFAULT_MAX_TOKENS})",
     )
     ap.add_argument("--json", dest="json_out", default=None, help="write the full result here")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     ap.add_argument(
         "--show-failures",
         type=int,
@@ -57,16 +81,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, engine: Engine | None = None) -> int:
     args = _parser().parse_args(argv)
-    kinds = args.kinds
-    problems = dataset(args.split, args.n, args.seed, kinds=kinds)
+    if args.n < 1:
+        raise EvalMathError(f"--n must be at least 1, not {args.n}")
+    if args.json_out and os.path.exists(args.json_out) and not args.force:
+        raise EvalMathError(f"{args.json_out} exists (pass --force to overwrite it)")
+    problems = []
+    for name in args.sets:
+        problems += eval_set(name, args.n, args.seed, args.kinds)
+    if not problems:
+        raise EvalMathError("no problems: --kinds leaves none in the chosen --sets")
     if engine is None:
         from phiflash.engines import open_engine
 
         engine = open_engine(args.model, args.engine)
     print(
-        f"eval-math: {len(problems)} {args.split} problems, engine {engine.name} "
-        f"({engine.quantization}), model {engine.model_path}, greedy, "
-        f"max {args.max_tokens} tokens"
+        f"eval-math: {len(problems)} test problems ({', '.join(args.sets)}), engine "
+        f"{engine.name} ({engine.quantization}), model {engine.model_path}, greedy, "
+        f"max {args.max_tokens} tokens, graded by math-verify"
     )
     result = evaluate(
         engine,
@@ -83,22 +114,25 @@ def main(argv: list[str] | None = None, engine: Engine | None = None) -> int:
     for f in result["failures"][: args.show_failures]:
         reply = f["reply"] if len(f["reply"]) <= 400 else f["reply"][:400] + "…"
         print(
-            f"\n[{f['kind']}] {f['question']}\n  gold {f['gold']!r}, got {f['pred']!r} "
-            f"({f['finish_reason']})\n  {reply!r}"
+            f"\n[{f['set']}/{f['kind']}] {f['question']}\n  gold {f['gold']!r}, got "
+            f"{f['pred']!r} ({f['finish_reason']})\n  {reply!r}"
         )
     if args.json_out:
         meta = {
             "model": engine.model_path,
             "engine": engine.name,
             "quantization": engine.quantization,
-            "split": args.split,
+            "sets": list(args.sets),
+            "n_per_set": args.n,
             "seed": args.seed,
-            "kinds": list(kinds),
+            "kinds": list(args.kinds) if args.kinds else None,
             "max_tokens": args.max_tokens,
         }
-        with open(args.json_out, "w") as fh:
+        tmp = f"{args.json_out}.tmp"
+        with open(tmp, "w") as fh:
             json.dump({**meta, **result}, fh, indent=2, ensure_ascii=False)
             fh.write("\n")
+        os.replace(tmp, args.json_out)
         print(f"wrote {args.json_out}")
     return 0
 

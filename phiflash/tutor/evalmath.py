@@ -1,7 +1,16 @@
-"""``phiflash eval-math``: greedy accuracy on the held-out tutor problems, for any engine.
+"""``phiflash eval-math``: greedy accuracy of any engine on the held-out tutor sets.
 
-Each problem is sent as a fresh chat (the engine's cache is reset), the reply's last
-``\\boxed{}`` is compared with the gold answer by :func:`phiflash.tutor.answers.answers_equal`.
+Four reports, kept apart (:data:`phiflash.tutor.data.EVAL_SETS`): held-out *problems* (asked in
+training phrasings), held-out *phrasings* (whole templates never trained on), *follow-ups*
+(a second turn that uses the previous answer, or a new unrelated question in the same
+conversation) and *refusals* (out-of-scope requests, in held-out wordings).
+
+Each example is sent as a fresh chat (the engine's cache is reset). The answer is read from the
+reply by :func:`phiflash.tutor.answers.extract_boxed` -- the extraction the chat's badge uses --
+and graded by math-verify (gold first). math-verify's own timeouts use signals, which fail off the
+main thread, so they are switched off and each grading runs in a worker thread awaited for at most
+``GRADE_TIMEOUT`` seconds (a grading that takes longer counts as wrong). A refusal is correct
+when the reply finished and holds no ``\\boxed{}``.
 """
 
 from __future__ import annotations
@@ -9,16 +18,57 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 from phiflash.engine import DEFAULT_MAX_TOKENS, Engine, GenerationParams
-from phiflash.tutor.answers import answers_equal, extract_boxed
-from phiflash.tutor.data import KINDS, prompt_messages
+from phiflash.tutor.answers import extract_boxed
+from phiflash.tutor.data import EVAL_SETS, KINDS, prompt_messages
 
-DEFAULT_N = 500
+DEFAULT_N = 100  # per eval set
+GRADE_TIMEOUT = 10.0
+
+_POOL: ThreadPoolExecutor | None = None
 
 
 def greedy_params(max_tokens: int = DEFAULT_MAX_TOKENS) -> GenerationParams:
     return GenerationParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0)
+
+
+def _verify(gold: str, pred: str) -> bool:
+    from math_verify import parse, verify
+
+    g = parse(f"${gold}$", parsing_timeout=None)
+    p = parse(f"\\boxed{{{pred}}}", parsing_timeout=None)
+    return bool(g) and bool(p) and bool(verify(g, p, timeout_seconds=None))
+
+
+def math_verify_equal(gold: str, pred: str | None, timeout: float = GRADE_TIMEOUT) -> bool:
+    """math-verify's verdict on ``pred`` (a boxed answer's content) against ``gold`` (LaTeX),
+    in a worker thread bounded by ``timeout`` seconds (False when it runs over)."""
+    global _POOL
+    if pred is None or gold is None:
+        return False
+    import math_verify  # noqa: F401  (imported outside the timed part)
+
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="phiflash-grade")
+    fut = _POOL.submit(_verify, gold, pred)
+    try:
+        return fut.result(timeout=timeout)
+    except FutureTimeout:
+        return False
+    except Exception:  # math-verify raises on input it cannot parse: not the gold answer
+        return False
+
+
+def grade(example: dict, reply: str, finish_reason: str | None = "stop") -> tuple[bool, str | None]:
+    """(correct, extracted answer) of ``reply`` for ``example``."""
+    pred = extract_boxed(reply)
+    if example.get("answer") is None:  # a refusal: a finished reply without an answer box
+        return pred is None and finish_reason == "stop" and bool(reply.strip()), pred
+    gold = example.get("gold") or example["answer"]
+    return math_verify_equal(gold, pred), pred
 
 
 def solve(engine: Engine, messages: list[dict], params: GenerationParams) -> dict:
@@ -35,6 +85,19 @@ def solve(engine: Engine, messages: list[dict], params: GenerationParams) -> dic
     }
 
 
+def _tally(table: dict, key: str, ok: bool) -> None:
+    t = table.setdefault(key, {"n": 0, "correct": 0})
+    t["n"] += 1
+    t["correct"] += int(ok)
+
+
+def _finish(table: dict, order: Iterable[str]) -> dict:
+    for t in table.values():
+        t["accuracy"] = t["correct"] / t["n"]
+    rank = {k: i for i, k in enumerate(order)}
+    return dict(sorted(table.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+
+
 def evaluate(
     engine: Engine,
     problems: Iterable[dict],
@@ -42,18 +105,20 @@ def evaluate(
     progress: bool | None = None,
     on_result: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Accuracy of ``engine`` on ``problems`` (examples from :func:`tutor_data.dataset`).
+    """Accuracy of ``engine`` on ``problems`` (examples of :func:`tutor.data.eval_set` or
+    :func:`tutor.data.dataset`; those without a ``set`` tag count as ``problems``).
 
-    ``params`` defaults to greedy decoding. Returns dict(accuracy, n, correct, per_kind,
-    failures, tokens, seconds); ``per_kind`` maps kind -> dict(n, correct, accuracy) and
-    ``failures`` lists dict(kind, question, gold, pred, reply, finish_reason).
-    ``progress``: a tqdm bar (None = only on a terminal).
+    ``params`` defaults to greedy decoding. Returns dict(accuracy, n, correct, per_set,
+    per_kind, failures, tokens, seconds); ``per_set`` and ``per_kind`` map a name to dict(n,
+    correct, accuracy) and ``failures`` lists dict(set, kind, question, gold, pred, reply,
+    finish_reason). ``progress``: a tqdm bar (None = only on a terminal).
     """
     from tqdm import tqdm
 
     params = params or greedy_params()
     problems = list(problems)
     per_kind: dict[str, dict] = {}
+    per_set: dict[str, dict] = {}
     failures = []
     correct = tokens = 0
     start = time.perf_counter()
@@ -66,16 +131,16 @@ def evaluate(
     )
     for i, ex in enumerate(bar):
         out = solve(engine, prompt_messages(ex), params)
-        pred = extract_boxed(out["reply"])
-        ok = answers_equal(pred, ex["answer"])
+        ok, pred = grade(ex, out["reply"], out["finish_reason"])
         tokens += out["tokens"]
-        k = per_kind.setdefault(ex["kind"], {"n": 0, "correct": 0})
-        k["n"] += 1
-        k["correct"] += int(ok)
+        name = ex.get("set", "problems")
+        _tally(per_kind, ex["kind"], ok)
+        _tally(per_set, name, ok)
         correct += int(ok)
         if not ok:
             failures.append(
                 {
+                    "set": name,
                     "kind": ex["kind"],
                     "question": ex.get("question", ex["messages"][-2]["content"]),
                     "gold": ex["answer"],
@@ -88,27 +153,30 @@ def evaluate(
             on_result({"example": ex, "pred": pred, "correct": ok, **out})
         bar.set_postfix(acc=f"{correct / (i + 1):.1%}")
     bar.close()
-    for k in per_kind.values():
-        k["accuracy"] = k["correct"] / k["n"]
-    order = {k: i for i, k in enumerate(KINDS)}
-    per_kind = dict(sorted(per_kind.items(), key=lambda kv: order.get(kv[0], len(order))))
     n = len(problems)
     return {
         "accuracy": correct / n if n else 0.0,
         "n": n,
         "correct": correct,
-        "per_kind": per_kind,
+        "per_set": _finish(per_set, EVAL_SETS),
+        "per_kind": _finish(per_kind, KINDS),
         "failures": failures,
         "tokens": tokens,
         "seconds": time.perf_counter() - start,
     }
 
 
+def _rows(table: dict) -> list[str]:
+    return [
+        f"{name:<10}{t['n']:>6}{t['correct']:>9}{t['accuracy']:>10.1%}" for name, t in table.items()
+    ]
+
+
 def format_table(result: dict) -> str:
-    """The per-kind accuracy table (plain text)."""
-    lines = [f"{'kind':<10}{'n':>6}{'correct':>9}{'accuracy':>10}", "-" * 35]
-    for kind, k in result["per_kind"].items():
-        lines.append(f"{kind:<10}{k['n']:>6}{k['correct']:>9}{k['accuracy']:>10.1%}")
-    lines.append("-" * 35)
+    """The per-set and per-kind accuracy tables (plain text)."""
+    head = f"{'set':<10}{'n':>6}{'correct':>9}{'accuracy':>10}"
+    lines = [head, "-" * 35, *_rows(result["per_set"]), "-" * 35]
     lines.append(f"{'all':<10}{result['n']:>6}{result['correct']:>9}{result['accuracy']:>10.1%}")
+    lines += ["", f"{'kind':<10}{'n':>6}{'correct':>9}{'accuracy':>10}", "-" * 35]
+    lines += _rows(result["per_kind"])
     return "\n".join(lines)
