@@ -12,7 +12,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from conftest import TINY
-from mlx_lm.generate import BatchGenerator, generate_step
+from mlx_lm.generate import BatchGenerator, PromptProcessingBatch, generate_step
 
 from phiflash.paths import DEFAULT_MODEL_DIR
 from phiflash_mlx import load
@@ -93,6 +93,29 @@ def test_different_lengths_equal_solo(tiny, prefill_step):
     assert len(got) == len(prompts)
     for uid, p in enumerate(prompts):
         assert_same(got[uid], solo(tiny, p, n), f"len {len(p)} step {prefill_step}")
+
+
+def test_prompt_longer_than_a_prefill_step_equal_solo(tiny):
+    """PromptProcessingBatch.prompt() runs several model calls over one right-padded batch
+    (rows that ended in an earlier chunk are all padding in the later ones)."""
+    prompts = random_prompts([3, 47, 90, 33], tiny.args.vocab_size, seed=4)
+    n = 10
+    batch = PromptProcessingBatch(
+        tiny,
+        list(range(len(prompts))),
+        [tiny.make_cache() for _ in prompts],
+        prefill_step_size=16,
+        fallback_sampler=greedy,
+    )
+    batch.prompt([p[:-1] for p in prompts])
+    gen = batch.generate([[p[-1]] for p in prompts])
+    got = [([], []) for _ in prompts]
+    for _ in range(n):
+        for (toks, rows), r in zip(got, gen.next()):
+            toks.append(r.token)
+            rows.append(np.array(r.logprobs))
+    for p, g in zip(prompts, got):
+        assert_same(g, solo(tiny, p, n), f"len {len(p)}")
 
 
 def test_rows_joining_mid_generation_equal_solo(tiny):
