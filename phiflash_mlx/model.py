@@ -6,6 +6,10 @@
 # attention (odd) layers up to L/2; layer L/2 is a Mamba layer whose pre-gate scan readout is
 # the GMU memory; layer L/2+1 is the global differential attention whose K/V all cross layers
 # reuse; then GMU (even) and cross-attention (odd) layers that own no cache.
+# Batches follow mlx-lm's batch caches (BatchGenerator, mlx_lm.server): padded positions leave
+# the Mamba state and conv window unchanged and are masked in every attention layer, so each
+# row gets what it gets alone. Quantized K/V (--kv-bits) is not supported: RotatingKVCache has
+# no quantized form, and mlx_lm.server never batches such requests.
 
 import math
 from dataclasses import dataclass
