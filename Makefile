@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.phiflash-installed
 
-.PHONY: setup fork openblas chat test lint clean
+.PHONY: setup fork openblas chat test lint clean wheel
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (phiflash needs Python >= 3.11; set PYTHON=...)"; exit 1; }
@@ -37,6 +37,10 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
+
+# The wheel users install (carries the bundled tutor); offline: setuptools comes from .[dev].
+wheel: $(STAMP)
+	$(PY) -m pip wheel . --no-deps --no-build-isolation -w dist
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -22,6 +22,8 @@ from phiflash.errors import ModelLoadError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = PROJECT_ROOT / "weights"
 DEFAULT_MODEL_DIR = WEIGHTS_DIR / "phiflash-tutor"
+if not DEFAULT_MODEL_DIR.is_dir():  # an installed wheel carries it as package data
+    DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "phiflash-tutor"
 REAL_MODEL = "microsoft/Phi-4-mini-flash-reasoning"
 # short names for hub repos (lower case)
 ALIASES = {

@@ -275,21 +275,23 @@ def test_history_read_only_file_falls_back_to_memory(tmp_path):
         tmp_path.chmod(0o755)
 
 
-def run_chat_in_pty(data_dir: Path, settle: float = 4.0, timeout: float = 60.0):
-    """Start `phiflash chat` (demo engine) on a pseudo-terminal, press ctrl+q, return output."""
+def run_chat_in_pty(data_dir: Path, settle: float = 4.0, timeout: float = 60.0, cmd=None, **env_):
+    """Start `phiflash chat` (default: the demo engine) on a pseudo-terminal, press ctrl+q once
+    ``settle`` seconds have passed; return (exit code, everything it wrote)."""
     import pty
     import select
     import signal
 
     e = env(
-        PHIFLASH_FAKE_ENGINE="1",
         PHIFLASH_FAKE_LOAD_S="0",
         PHIFLASH_DATA_DIR=str(data_dir),
         TERM="xterm-256color",
+        **({"PHIFLASH_FAKE_ENGINE": "1"} | env_),
     )
+    cmd = cmd or [sys.executable, "-m", "phiflash.cli", "chat"]
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - the child
-        os.execve(sys.executable, [sys.executable, "-m", "phiflash.cli", "chat"], e)
+        os.execve(cmd[0], cmd, e)
     out, t0, sent = b"", time.monotonic(), False
     while time.monotonic() - t0 < timeout:
         ready, _, _ = select.select([fd], [], [], 0.2)
