@@ -16,6 +16,9 @@ COMMANDS = {
     "eval-math": ("phiflash.commands.eval_math", "accuracy on the held-out math problems"),
     "cache-prompt": ("phiflash.commands.cache_prompt", "save a prompt cache for reuse"),
     "serve": ("phiflash.commands.serve", "OpenAI-compatible server for a classroom"),
+    "pull": ("phiflash.commands.pull", "download + convert a hub model for this machine"),
+    "list": ("phiflash.commands.pull:list_main", "the pulled models"),
+    "rm": ("phiflash.commands.pull:rm_main", "remove a pulled model"),
     "train": ("phiflash_mlx.train", "train a SambaY model from scratch (the tutor)"),
 }
 
@@ -43,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"phiflash: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return run_main(module.main, rest)
+    target, _, func = COMMANDS[name][0].partition(":")  # "module" or "module:function"
+    module = importlib.import_module(target)
+    return run_main(getattr(module, func or "main"), rest)
 
 
 if __name__ == "__main__":

@@ -98,9 +98,14 @@ def hub_snapshot(repo: str, download: bool = True, patterns=None) -> Path:
         return Path(
             snapshot_download(repo, allow_patterns=patterns, local_files_only=True, cache_dir=cache)
         )
-    except Exception:
-        pass
+    except Exception as e:
+        partial = type(e).__name__ == "IncompleteSnapshotError"  # an interrupted download
     if not download or hub_offline():
+        if partial:
+            raise ModelLoadError(
+                f"the cached download of {repo} is incomplete (interrupted); when online run "
+                f"`phiflash pull {repo}` or `hf download {repo}` to finish it"
+            )
         raise ModelLoadError(offline_hint(repo))
     try:
         return Path(snapshot_download(repo, allow_patterns=patterns, cache_dir=cache))

@@ -71,7 +71,7 @@ def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
                 add(f"{target}.{a.name}")
     if module == "phiflash.cli":
         for target, _ in COMMANDS.values():
-            add(target)
+            add(target.partition(":")[0])
     return found
 
 

@@ -17,13 +17,17 @@ from pathlib import Path
 from textual.app import App
 
 from phiflash.engine import (
+    CHAT_THINKING_BUDGET,
     DEFAULT_MAX_TOKENS,
     DEFAULT_TEMP,
     DEFAULT_TOP_P,
     FakeEngine,
     GenerationParams,
+    chat_thinking_budget,
+    default_max_tokens,
 )
 from phiflash.errors import InvalidParamsError
+from phiflash.paths import RESOLUTION_HELP
 from phiflash.tui.conversation import Conversation
 from phiflash.tui.history import HistoryStore
 from phiflash.tui.screens.chat import ChatScreen
@@ -67,6 +71,13 @@ class PhiflashApp(App):
             max_tokens=saved.get("max_tokens", DEFAULT_MAX_TOKENS),
             temperature=saved.get("temperature", DEFAULT_TEMP),
             top_p=saved.get("top_p", DEFAULT_TOP_P),
+            thinking_budget=saved.get("thinking_budget", 0),
+        )
+        # limits the user chose (saved or given); the others follow the engine when it loads
+        self.chosen = (
+            {k for k in ("max_tokens", "thinking_budget") if k in saved}
+            if params is None
+            else {"max_tokens", "thinking_budget"}
         )
         self.system_prompt = (
             system_prompt if system_prompt is not None else saved.get("system_prompt", "")
@@ -117,7 +128,24 @@ class PhiflashApp(App):
         self.model_label = self.model_label or engine.model_path
         self.chat_screen.show_loading(None)
         self.chat_screen.query_one("#stats").set_engine(engine)
+        self._engine_defaults(engine)
         self.sub_title = f"{Path(engine.model_path).name} · {engine.name} {engine.quantization}"
+
+    def _engine_defaults(self, engine) -> None:
+        """Max tokens and thinking budget for this model unless the user chose them (a
+        reasoning-size model gets phiflash.engine's REASONING_MAX_TOKENS and the engine's chat
+        budget); and, once, a word when MLX runs a quantized model without a GPU."""
+        limit = int(getattr(engine, "context_limit", 0) or 0)
+        if "max_tokens" not in self.chosen and limit:
+            self.params.max_tokens = default_max_tokens(limit)
+        if "thinking_budget" not in self.chosen and limit:
+            self.params.thinking_budget = chat_thinking_budget(engine.name, limit)
+        if getattr(engine, "name", "") == "mlx":
+            from phiflash.engines import slow_path_notice
+
+            note = slow_path_notice(engine)
+            if note:
+                self.notify(note, severity="warning", timeout=20)
 
     def on_engine_ready(self, message: EngineReady) -> None:
         self._engine_ready(message.engine)
@@ -146,7 +174,19 @@ class PhiflashApp(App):
         self.conversation = conv
         await self.chat_screen.show_conversation()
 
-    def apply_settings(self, system_prompt: str, temp: float, top_p: float, max_tokens: int):
+    def apply_settings(
+        self,
+        system_prompt: str,
+        temp: float,
+        top_p: float,
+        max_tokens: int,
+        thinking_budget: int | None = None,
+    ):
+        if thinking_budget is not None:
+            self.params.thinking_budget = thinking_budget
+            self.store.put_settings({"thinking_budget": thinking_budget})
+            self.chosen.add("thinking_budget")
+        self.chosen.add("max_tokens")
         self.system_prompt = system_prompt
         self.params.temperature = temp
         self.params.top_p = top_p
@@ -182,13 +222,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="phiflash chat", description="Terminal math tutor on Phi-4-mini-flash-reasoning."
     )
-    p.add_argument("--model", help="HF/MLX model dir or .gguf file (default: bundled model)")
+    p.add_argument("--model", help=f"{RESOLUTION_HELP} (default: the bundled tutor model)")
     p.add_argument("--engine", choices=["mlx", "gguf"], help="force an engine")
     p.add_argument("--system-prompt", help="system prompt for new problems")
     p.add_argument("--temp", type=float, help=f"sampling temperature (default {DEFAULT_TEMP})")
     p.add_argument("--top-p", type=float, help=f"nucleus sampling (default {DEFAULT_TOP_P})")
     p.add_argument(
         "--max-tokens", type=int, help=f"max tokens per answer (default {DEFAULT_MAX_TOKENS})"
+    )
+    p.add_argument(
+        "--thinking-budget",
+        type=int,
+        metavar="N",
+        help="end the reasoning after N tokens inside <think> (0 = no limit; default: "
+        f"{CHAT_THINKING_BUDGET['gguf']} on GGUF, {CHAT_THINKING_BUDGET['mlx']} on MLX for the "
+        "real model, none for the tutor)",
     )
     p.add_argument("--resume", action="store_true", help="reopen the last conversation")
     p.add_argument("--server", help="chat with a `phiflash serve` at http://HOST:PORT instead")
@@ -203,9 +251,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     given = {k: v for k, v in (("temperature", args.temp), ("top_p", args.top_p)) if v is not None}
     if args.max_tokens is not None:
         given["max_tokens"] = args.max_tokens
+    if args.thinking_budget is not None:
+        given["thinking_budget"] = args.thinking_budget
     try:  # the one rule, as `phiflash generate` and the settings screen apply it
         GenerationParams(**given).validate(
-            {"temperature": "--temp", "top_p": "--top-p", "max_tokens": "--max-tokens"}
+            {
+                "temperature": "--temp",
+                "top_p": "--top-p",
+                "max_tokens": "--max-tokens",
+                "thinking_budget": "--thinking-budget",
+            }
         )
     except InvalidParamsError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")  # one line, without the usage block
@@ -237,10 +292,16 @@ def main(argv: list[str] | None = None) -> int:
         resume=args.resume,
         model_label=label,
     )
-    for name, attr in (("temp", "temperature"), ("top_p", "top_p"), ("max_tokens", "max_tokens")):
+    for name, attr in (
+        ("temp", "temperature"),
+        ("top_p", "top_p"),
+        ("max_tokens", "max_tokens"),
+        ("thinking_budget", "thinking_budget"),
+    ):
         value = getattr(args, name)
         if value is not None:
             setattr(app.params, attr, value)
+            app.chosen.add(attr)
     app.run()
     store.close()
     return 0

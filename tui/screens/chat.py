@@ -12,7 +12,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, LoadingIndicator, Static
 from textual.worker import get_current_worker
 
-from phiflash.tui.conversation import Turn, title_for
+from phiflash.engine import check_context
+from phiflash.errors import ContextLengthError
+from phiflash.tui.conversation import Turn, split_think, title_for
 from phiflash.tui.widgets.message import AssistantMessage, ErrorMessage, UserMessage
 from phiflash.tui.widgets.stats import StatsBar
 from phiflash.tui.worker import Delta, Failed, Finished, run_generation
@@ -22,6 +24,24 @@ WELCOME = (
     "the answer starts), then answers. Follow-up questions stay in the same problem; "
     "**ctrl+n** starts a new one."
 )
+# tokens kept free for the student's next message when warning that a problem nears the context
+NEXT_MESSAGE_ROOM = 64
+
+
+def without_reasoning(messages: list[dict]) -> list[dict]:
+    """``messages`` with the think blocks of earlier replies left out (the answers stay)."""
+    out = []
+    for m in messages:
+        if m["role"] == "assistant":
+            m = dict(m, content=split_think(m["content"], final=True).answer.strip())
+        out.append(m)
+    return out
+
+
+def reasoning_progress(tokens: int, budget: int) -> str:
+    if budget > 0:
+        return f"thinking: {tokens:,} tokens / {budget:,} budget"
+    return f"thinking: {tokens:,} tokens (no budget: ctrl+s sets one)"
 
 
 class ChatScreen(Screen):
@@ -32,13 +52,21 @@ class ChatScreen(Screen):
         Binding("ctrl+y", "copy", "Copy answer"),
         Binding("ctrl+r", "history", "History"),
         Binding("ctrl+s", "settings", "Settings"),
+        Binding("ctrl+g", "drop_reasoning", "Drop reasoning", show=False),
     ]
+    DEFAULT_CSS = """
+    #reasoning { color: $text-muted; padding: 0 1; height: auto; }
+    #context-warning { color: $warning; background: $warning 10%; padding: 0 1; height: auto; }
+    """
 
     def __init__(self):
         super().__init__()
         self.gen = 0  # id of the current generation; messages from older ones are ignored
         self.streaming: AssistantMessage | None = None
         self._save_lock = threading.Lock()
+        self.drop_reasoning = False  # send earlier replies without their think blocks
+        self._think_from: int | None = None  # generated tokens before the think block
+        self._last_tokens = 0
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="messages"):
@@ -46,11 +74,15 @@ class ChatScreen(Screen):
         with Vertical(id="loading"):
             yield LoadingIndicator()
             yield Static("", id="loading-label")
+        yield Static("", id="reasoning", markup=False)
+        yield Static("", id="context-warning", markup=False)
         yield Input(placeholder="Type a math problem and press Enter", id="prompt")
         yield StatsBar(id="stats")
         yield Footer()
 
     async def on_mount(self) -> None:
+        self.query_one("#reasoning").display = False
+        self.query_one("#context-warning").display = False
         self.query_one("#welcome", Static).update(WELCOME.replace("**", ""))
         await self.show_conversation()
         self.query_one("#prompt", Input).focus()
@@ -76,6 +108,8 @@ class ChatScreen(Screen):
             await messages.mount_all(widgets)
         messages.scroll_end(animate=False)
         self.query_one(StatsBar).show(None, context_used=0)
+        self.drop_reasoning = False  # another problem: its reasoning is sent again
+        self.show_context_warning(None)
 
     def _widget_for(self, turn: Turn, before: list[Turn] = ()):
         if turn.role == "user":
@@ -116,14 +150,24 @@ class ChatScreen(Screen):
             else:
                 self.notify("The model is still loading…", severity="warning")
             return
-        event.input.value = ""
         conv = app.conversation
+        turn_messages = conv.engine_messages() + [{"role": "user", "content": text}]
+        if self.drop_reasoning:
+            turn_messages = without_reasoning(turn_messages)
+        problem = self.context_problem(turn_messages, 0)
+        if problem:  # refused before anything is sent: never a failure mid-answer
+            self.show_context_warning(problem)
+            return
+        self.show_context_warning(None)
+        event.input.value = ""
         if not conv.title:
             conv.title = title_for(text)
         user = Turn("user", text)
         conv.turns.append(user)
         app.store.add(conv, user, app.model_label)
         messages = conv.engine_messages()
+        if self.drop_reasoning:
+            messages = without_reasoning(messages)
         reply = Turn("assistant", "", "streaming")
         conv.turns.append(reply)
         app.store.add(conv, reply, app.model_label)
@@ -132,6 +176,7 @@ class ChatScreen(Screen):
         self.streaming = AssistantMessage(reply, question=text, follow_up=follow_up)
         await self._mount(self.streaming)
         self.gen += 1
+        self._think_from, self._last_tokens = None, 0
         self.generate(self.gen, messages, reply.id)
 
     @work(thread=True, exclusive=True, group="generate")
@@ -170,8 +215,86 @@ class ChatScreen(Screen):
         follow = messages.scroll_offset.y >= messages.max_scroll_y - 2
         await widget.append(message.text)
         self.query_one(StatsBar).show(message.chunk)
+        self._show_reasoning(widget.turn.content, message.chunk.generation_tokens)
         if follow:
             messages.scroll_end(animate=False)
+
+    def _show_reasoning(self, raw: str, tokens: int) -> None:
+        """While the model thinks: tokens so far inside <think> and the budget."""
+        line = self.query_one("#reasoning", Static)
+        if not split_think(raw).thinking:
+            line.display = False
+            self._last_tokens = tokens
+            return
+        if self._think_from is None:
+            self._think_from = self._last_tokens
+        self._last_tokens = tokens
+        line.update(reasoning_progress(tokens - self._think_from, self.app.params.thinking_budget))
+        line.display = True
+
+    # long conversations
+
+    def context_problem(self, messages: list[dict], room: int) -> str | None:
+        """A one-line warning when ``messages`` plus a reply of max tokens (plus ``room``) do
+        not fit the engine's context (phiflash.engine.check_context), else None."""
+        engine, params = self.app.engine, self.app.params
+        limit = int(getattr(engine, "context_limit", 0) or 0)
+        try:
+            used = engine.count_tokens(messages)
+        except Exception:  # an engine that cannot count here: the engine's own check remains
+            return None
+        if limit <= 0:
+            return None
+        try:
+            check_context(used + room, params.max_tokens, limit)
+            return None
+        except ContextLengthError:
+            pass
+        reply = (
+            f"a reply of up to {params.max_tokens:,} tokens"
+            if params.max_tokens > 0
+            else ("a reply")
+        )
+        options = ["ctrl+n: new problem"]
+        if not self.drop_reasoning:
+            lighter = engine.count_tokens(without_reasoning(messages))
+            if lighter < used:
+                options.append(f"ctrl+g: drop earlier reasoning (frees {used - lighter:,} tokens)")
+        options.append("ctrl+s: lower max tokens")
+        return (
+            f"⚠ This problem holds {used:,} of the model's {limit:,} tokens of context; {reply} "
+            f"does not fit. " + " · ".join(options)
+        )
+
+    def show_context_warning(self, text: str | None) -> None:
+        box = self.query_one("#context-warning", Static)
+        box.display = text is not None
+        if text is not None:
+            box.update(text)
+
+    def warn_if_near_the_end(self) -> None:
+        """After a reply: say so before the next question would not fit."""
+        if self.app.engine is None:
+            return
+        messages = self.app.conversation.engine_messages()
+        if self.drop_reasoning:
+            messages = without_reasoning(messages)
+        self.show_context_warning(self.context_problem(messages, NEXT_MESSAGE_ROOM))
+
+    def action_drop_reasoning(self) -> None:
+        if self.streaming is not None:
+            self.notify("Still answering: press Esc to stop it first.", severity="warning")
+            return
+        if self.drop_reasoning:
+            self.notify("Earlier reasoning is already left out of this problem.")
+            return
+        self.drop_reasoning = True
+        self.notify(
+            "Earlier reasoning is left out of what the model sees from now on (it stays in the "
+            "history); the next message starts a fresh context.",
+            timeout=6,
+        )
+        self.warn_if_near_the_end()
 
     async def on_finished(self, message: Finished) -> None:
         if message.gen != self.gen or self.streaming is None:
@@ -180,6 +303,7 @@ class ChatScreen(Screen):
         widget.turn.content = message.text
         await self._finish(widget, message.text, message.status)
         self.query_one(StatsBar).show(message.chunk)
+        self.warn_if_near_the_end()
 
     async def on_failed(self, message: Failed) -> None:
         if message.gen != self.gen or self.streaming is None:
@@ -196,6 +320,7 @@ class ChatScreen(Screen):
         await self.add_error(message.error)
 
     async def _finish(self, widget: AssistantMessage, text: str, status: str) -> None:
+        self.query_one("#reasoning").display = False
         widget.raw = text
         await widget.finish(status)
         self.query_one("#messages", VerticalScroll).scroll_end(animate=False)
