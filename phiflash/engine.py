@@ -112,6 +112,9 @@ class GenerationParams:
             raise InvalidParamsError(
                 f"{n['max_tokens']} must be positive, or -1 for no limit (got {mt})"
             )
+        s = self.seed
+        if s is not None and (not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2**64):
+            raise InvalidParamsError(f"{n.get('seed', 'seed')} must be in [0, 2**64) (got {s})")
         tb = self.thinking_budget
         if not isinstance(tb, int) or isinstance(tb, bool) or tb < 0:
             name = n.get("thinking_budget", "thinking budget")
@@ -242,7 +245,7 @@ class FakeEngine:
                 return
             if self.delay:
                 time.sleep(self.delay)
-            if i + 1 >= params.max_tokens:
+            if 0 < params.max_tokens <= i + 1:  # -1: no limit
                 yield Chunk(
                     piece, i, n_prompt, 1000.0, i + 1, 100.0, 0.1, n_prompt + i + 1, "length"
                 )

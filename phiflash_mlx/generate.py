@@ -40,6 +40,9 @@ def stream_generate(
     limit = getattr(getattr(model, "args", None), "max_position_embeddings", None)
     if limit:
         check_context(len(prompt), max_tokens, limit)
+    vocab = getattr(getattr(model, "args", None), "vocab_size", None)
+    if vocab and top_k >= vocab:  # k >= vocab keeps every token: no top-k (mlx-lm refuses it)
+        top_k = 0
     sampler = sampler or make_sampler(temp, top_p, min_p, top_k)
     yield from _stream_generate(model, tokenizer, prompt, max_tokens, sampler=sampler, **kwargs)
 

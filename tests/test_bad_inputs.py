@@ -88,6 +88,15 @@ CASES = [
     ("prompt-blank", gen("-p", "  \n "), b"", "the prompt is empty"),
     ("stdin-empty", gen("-p", "-"), b"", "the prompt is empty"),
     ("kv-bits", gen("-p", "hi", "--kv-bits", "4"), b"", "--kv-bits is not supported"),
+    ("seed-negative", gen("-p", "hi", "--seed", "-1"), b"", "--seed must be in [0, 2**64)"),
+    ("seed-huge", gen("-p", "hi", "--seed", str(2**64)), b"", "--seed must be in [0, 2**64)"),
+    ("prompt-argv-not-utf8", gen("-p", b"2 + \xff3"), b"", "the prompt is not UTF-8"),
+    (
+        "system-prompt-not-utf8",
+        gen("-p", "hi", "--system-prompt", b"Be \xffbrief"),
+        b"",
+        "--system-prompt is not UTF-8",
+    ),
     (
         "cache-prompt-kv-bits",
         ["cache-prompt", "--model", str(TINY), "-p", "x", "--prompt-cache-file", "o.safetensors"]
@@ -127,6 +136,12 @@ def check_refused(cwd: Path, args, stdin: bytes, needle: str) -> str:
     assert needle in err, err
     assert snapshot(cwd) == before  # inputs unchanged, nothing left behind
     return err
+
+
+def test_top_k_beyond_the_vocabulary_means_off(tmp_path):
+    """k >= vocab keeps every token (mlx-lm itself refuses such a k with a traceback)."""
+    r = phiflash(gen("-p", "hi", "--top-k", "1000000", "--seed", "1"), tmp_path)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode()[-2000:]
 
 
 def test_prompt_cache_from_another_model_size(tmp_path, tiny_cache):

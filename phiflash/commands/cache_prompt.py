@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from phiflash.commands.generate import KV_BITS_REFUSAL, read_prompt
+from phiflash.commands.generate import KV_BITS_REFUSAL, check_utf8, read_prompt
 from phiflash.console import command_main
 from phiflash.errors import InvalidParamsError
 from phiflash.paths import RESOLUTION_HELP
@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     from phiflash_mlx.cache_prompt import cache_prompt
 
     prompt = read_prompt(args.prompt)
+    check_utf8(args.system_prompt, "--system-prompt")
     r = cache_prompt(
         find_model(args.model, "mlx"),
         prompt,

@@ -25,6 +25,7 @@ FLAG_NAMES = {
     "min_p": "--min-p",
     "top_k": "--top-k",
     "max_tokens": "--max-tokens",
+    "seed": "--seed",
     "thinking_budget": "--thinking-budget",
 }
 
@@ -33,6 +34,14 @@ KV_BITS_REFUSAL = (
     "--kv-bits is not supported: SambaY's sliding-window and Mamba caches cannot be quantized "
     "(stock mlx-lm fails the same way: RotatingKVCache Quantization NYI)"
 )
+
+
+def check_utf8(value: str | None, what: str) -> None:
+    """Refuse text from argv that was not UTF-8 (its bytes arrive as lone surrogates)."""
+    try:
+        (value or "").encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidParamsError(f"{what} is not UTF-8 text") from None
 
 
 def read_prompt(value: str) -> str:
@@ -48,10 +57,7 @@ def read_prompt(value: str) -> str:
                 f"offset {e.start})"
             ) from None
     else:
-        try:
-            value.encode("utf-8")  # undecodable argv bytes arrive as lone surrogates
-        except UnicodeEncodeError:
-            raise InvalidParamsError("the prompt is not UTF-8 text") from None
+        check_utf8(value, "the prompt")
     if not value.strip():
         raise InvalidParamsError("the prompt is empty")
     return value
@@ -162,6 +168,7 @@ def main(argv=None) -> int:
     if args.kv_bits is not None:
         raise InvalidParamsError(KV_BITS_REFUSAL)
     prompt = read_prompt(args.prompt)
+    check_utf8(args.system_prompt, "--system-prompt")
     from phiflash.engines import open_engine
 
     kwargs = {}
