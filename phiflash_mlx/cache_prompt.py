@@ -171,6 +171,7 @@ def cache_prompt(
     }
     # the temporary name keeps the .safetensors suffix (mx.save_safetensors would add one)
     tmp = out.with_name(f".{out.stem}.phiflash-tmp-{os.getpid()}.safetensors")
+    remove_stale_temps(out)
     try:
         save_prompt_cache(str(tmp), cache, meta)
         os.replace(tmp, out)
@@ -180,3 +181,22 @@ def cache_prompt(
     finally:
         tmp.unlink(missing_ok=True)
     return {"tokens": len(tokens), "seconds": secs, "file": out_file}
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Delete temporary files a killed `cache-prompt` left beside ``out`` (its pid is gone)."""
+    removed = []
+    if os.name == "nt":  # no signal-0 probe there; Windows is untested
+        return removed
+    for f in out.parent.glob(f".{out.stem}.phiflash-tmp-*.safetensors"):
+        pid = f.name.rsplit("phiflash-tmp-", 1)[1].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            f.unlink(missing_ok=True)
+            removed.append(f)
+        except OSError:  # alive (owned by another user) or unknown: leave it
+            pass
+    return removed

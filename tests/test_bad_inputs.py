@@ -349,3 +349,27 @@ def test_chat_opens_with_an_unwritable_data_dir(tmp_path):
     assert code == 0 and "Traceback" not in out
     assert "will not be saved" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the stale-file probe is POSIX (signal 0)")
+def test_cache_prompt_removes_temps_of_killed_runs(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **_out)
+    stale = tmp_path / f".ctx.phiflash-tmp-{int(dead.stdout)}.safetensors"
+    live = tmp_path / f".ctx.phiflash-tmp-{os.getpid()}.safetensors"  # a run still going
+    stale.write_bytes(b"half a file")
+    live.write_bytes(b"being written")
+    args = [
+        "cache-prompt",
+        "--model",
+        str(TINY),
+        "-p",
+        "x",
+        "--prompt-cache-file",
+        "ctx.safetensors",
+    ]
+    r = phiflash(args, tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ctx.safetensors", live.name])
+
+
+_out = {"capture_output": True, "text": True, "check": True}
