@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from phiflash.errors import ModelLoadError, PhiflashError
+from phiflash.errors import PhiflashError
 from phiflash.paths import default_model, repo_id_for, resolve_model, user_data_dir
 
 # format -> engine that runs it
@@ -200,8 +200,3 @@ def dir_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def check_name(name: str) -> None:
-    if repo_id_for(name) is None and not lookup(name):
-        raise ModelLoadError(f"{name!r} is neither a hub repo id (org/name) nor an alias")
