@@ -99,16 +99,19 @@ class TrainConfig:
     clip: float = 1.0
     dtype: str = "float32"  # parameter dtype while training: float32 or bfloat16
     seed: int = 0
-    max_len: int = 416  # longest training sequence (tokens); longer dialogues are dropped
+    max_len: int = 768  # longest training sequence (tokens); longer dialogues are dropped
     chunk: int = 4096  # examples generated per data chunk (sorted by length into batches)
     kinds: tuple[str, ...] = KINDS  # problem-kind mix, round-robin; repeat a kind to oversample
     workers: int = 0  # data threads (0 = generate in the training loop)
     eval_every: int = 250
     eval_n: int = 192  # held-out problems for the teacher-forced exact match
     greedy_every: int = 0  # 0 = only at the end
-    greedy_n: int = 96  # held-out problems for the batched greedy decode
+    greedy_n: int = 96  # per eval set (problems, phrasings, follow-ups, refusals): greedy decode
     ckpt_every: int = 250
     time_limit: float = 0.0  # seconds; stop (and export) when exceeded; 0 = none
+    # seconds of training: the lr decays over this wall time (not over ``steps``, then a cap),
+    # and training stops (exports, evaluates) when it is spent; 0 = schedule by steps
+    train_seconds: float = 0.0
     export_dir: str | None = None  # default: <out_dir>/model
     export_tokenizer: bool = True  # copy the tokenizer files into the export dir
     resume: bool = False
@@ -430,7 +433,7 @@ def teacher_forced_eval(model: Model, batches) -> dict:
     }
 
 
-def greedy_decode(model: Model, prompts: list[list[int]], stop_ids, max_new: int = 384):
+def greedy_decode(model: Model, prompts: list[list[int]], stop_ids, max_new: int = 448):
     """Batched greedy decoding without a cache: right-padded rows, each step runs the whole
     (bucketed) prefix and appends every row's argmax at its own position. Exact for a causal
     model; fine for short eval replies. Returns the generated ids per prompt."""
@@ -460,26 +463,30 @@ def greedy_decode(model: Model, prompts: list[list[int]], stop_ids, max_new: int
 
 
 def greedy_eval(model: Model, tokenizer_dir, problems: list[dict], batch_size: int = 96):
-    """Greedy accuracy (answer from the last \\boxed{}, compared like eval-math)."""
+    """Greedy accuracy graded like eval-math (the one ``\\boxed{}`` extraction, math-verify;
+    a refusal is right when it finished without a box), overall, per eval set and per kind."""
     from tokenizers import Tokenizer
 
-    from phiflash.tutor.answers import answers_equal, extract_boxed
+    from phiflash.tutor.evalmath import grade
 
     enc = Encoder(tokenizer_dir)
     tok: Tokenizer = enc.tok
     stop = {enc.end, tok.token_to_id("<|endoftext|>")}
-    correct, per_kind = [], {}
+    correct, per_kind, per_set = [], {}, {}
     for s in range(0, len(problems), batch_size):
         group = problems[s : s + batch_size]
         outs = greedy_decode(model, enc.encode_prompts(group), stop)
         for ex, ids in zip(group, outs):
             text = tok.decode([t for t in ids if t not in stop], skip_special_tokens=False)
-            ok = answers_equal(extract_boxed(text), ex["answer"])
+            finished = "stop" if ids and ids[-1] in stop else "length"
+            ok, _ = grade(ex, text, finished)
             correct.append(ok)
             per_kind.setdefault(ex["kind"], []).append(ok)
+            per_set.setdefault(ex.get("set", "problems"), []).append(ok)
     return {
         "greedy_acc": float(np.mean(correct)),
         "greedy_n": len(correct),
+        "greedy_per_set": {k: float(np.mean(v)) for k, v in per_set.items()},
         "greedy_per_kind": {k: float(np.mean(v)) for k, v in per_kind.items()},
     }
 
@@ -516,7 +523,21 @@ def load_checkpoint(path, model: Model, optimizer) -> dict:
 # ------------------------------------------------------------------------------ training
 
 
+def lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    """The learning rate of a time-scheduled run (``train_seconds``): linear warm-up over
+    ``warmup`` steps, then cosine decay to ``min_lr_ratio`` over the training wall time."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = min(1.0, max(0.0, elapsed / cfg.train_seconds))
+    end = cfg.lr * cfg.min_lr_ratio
+    return end + (cfg.lr - end) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
 def make_optimizer(cfg: TrainConfig):
+    if cfg.train_seconds > 0:  # the loop sets the rate before each step (lr_at)
+        return optim.AdamW(
+            learning_rate=cfg.lr, betas=list(cfg.betas), weight_decay=cfg.weight_decay
+        )
     decay_steps = max(cfg.steps - cfg.warmup, 1)
     cosine = optim.cosine_decay(cfg.lr, decay_steps, end=cfg.lr * cfg.min_lr_ratio)
     if cfg.warmup > 0:
@@ -542,7 +563,7 @@ def train(cfg: TrainConfig) -> dict:
     """Train (or resume) and export. Returns dict(step, loss, eval, export_dir, seconds)."""
     from tqdm import tqdm
 
-    from phiflash.tutor.data import dataset
+    from phiflash.tutor.data import EVAL_SETS, dataset, eval_set
 
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
@@ -566,7 +587,9 @@ def train(cfg: TrainConfig) -> dict:
     encoder = Encoder(cfg.tokenizer)
     heldout = dataset("test", cfg.eval_n) if cfg.eval_n else []
     ev_batches = eval_batches(encoder, heldout, 64) if heldout else []
-    greedy_problems = dataset("test", cfg.greedy_n) if cfg.greedy_n else []
+    greedy_problems = (
+        [ex for name in EVAL_SETS for ex in eval_set(name, cfg.greedy_n)] if cfg.greedy_n else []
+    )
 
     exp_kw = {"tokenizer_files": cfg.export_tokenizer}
     state = [model.state, optimizer.state]
@@ -634,6 +657,8 @@ def train(cfg: TrainConfig) -> dict:
     try:
         while step < cfg.steps:
             x, y, m = data.next()
+            if cfg.train_seconds > 0:
+                optimizer.learning_rate = lr_at(cfg, step - start, time.perf_counter() - t_train)
             loss, norm = step_fn(mx.array(x), mx.array(y), mx.array(m))
             mx.eval(loss, norm, state)
             step += 1
@@ -662,6 +687,9 @@ def train(cfg: TrainConfig) -> dict:
                 )
             timed_out = bool(cfg.time_limit) and time.perf_counter() - t0 > cfg.time_limit
             timed_out = timed_out or (cfg.stop_after > 0 and step - start >= cfg.stop_after)
+            spent = cfg.train_seconds > 0 and time.perf_counter() - t_train >= cfg.train_seconds
+            if spent:
+                break
             if cfg.eval_every and (step % cfg.eval_every == 0) and step < cfg.steps:
                 g = bool(cfg.greedy_every) and step % cfg.greedy_every == 0
                 last_eval = evaluate(g)
@@ -678,6 +706,9 @@ def train(cfg: TrainConfig) -> dict:
 
     save_checkpoint(ckpt, model, optimizer, step, cfg)
     export(model, cfg.model, cfg.tokenizer, export_dir, **exp_kw)
+    # the final numbers are those of the exported (bf16) weights
+    stored = mx.load(str(export_dir / "model.safetensors"))
+    model.load_weights([(k, v.astype(dtype)) for k, v in stored.items()], strict=True)
     final = evaluate(greedy=True)
     seconds = time.perf_counter() - t0
     result = {
@@ -747,6 +778,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-every", type=int, default=d.log_every)
     ap.add_argument("--time-limit", type=float, default=0.0, help="seconds, then stop and export")
     ap.add_argument(
+        "--train-seconds",
+        type=float,
+        default=0.0,
+        help="train this long: the lr decays over this wall time, --steps becomes a cap",
+    )
+    ap.add_argument("--max-len", type=int, default=d.max_len, help="longest sequence (tokens)")
+    ap.add_argument(
         "--no-tokenizer-files",
         action="store_true",
         help="export only config.json, generation_config.json and model.safetensors",
@@ -792,6 +830,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt_every=a.ckpt_every,
         log_every=a.log_every,
         time_limit=a.time_limit,
+        train_seconds=a.train_seconds,
+        max_len=a.max_len,
         resume=a.resume,
         init_from=a.init_from,
         export_tokenizer=not a.no_tokenizer_files,

@@ -165,3 +165,19 @@ def test_kinds_mix_drives_the_training_data(tmp_path):
     for x, y, m in T.build_chunk(cfg, 0):
         for row in range(x.shape[0]):
             assert "%" in tok.decode(y[row][m[row] > 0].tolist(), skip_special_tokens=False)
+
+
+def test_time_schedule_and_final_eval_on_the_eval_sets(tmp_path):
+    cfg = _cfg(tmp_path, steps=10_000, train_seconds=3.0, warmup=2, greedy_n=1, max_len=768)
+    assert T.lr_at(cfg, 0, 0.0) == pytest.approx(cfg.lr / 2)  # warm-up by steps
+    assert T.lr_at(cfg, 5, 0.0) == pytest.approx(cfg.lr)
+    assert T.lr_at(cfg, 5, 1.5) == pytest.approx(cfg.lr * (0.05 + 0.95 * 0.5))
+    assert T.lr_at(cfg, 50, 99.0) == pytest.approx(cfg.lr * 0.05)  # the floor once spent
+    r = T.train(cfg)
+    assert 0 < r["step"] < 10_000  # stopped by the wall-time budget, not the step cap
+    log = [x for x in _log(tmp_path / "run") if "lr" in x]
+    lrs = [x["lr"] for x in log]
+    assert lrs[-1] < max(lrs)  # decayed over the time budget
+    # the final greedy eval covers one example of each eval set, graded like eval-math
+    assert r["greedy_n"] == 4
+    assert set(r["greedy_per_set"]) == {"problems", "phrasings", "followups", "refusals"}
