@@ -33,6 +33,7 @@ from phiflash.checkpoint import (
     open_checkpoint,
     read_config,
     read_json,
+    to_f32,
     weight_files,
 )
 from phiflash.errors import ConversionError, ModelLoadError
@@ -48,6 +49,7 @@ _GGML_TYPE_Q8_0 = 8
 # tensors that stay at the quantized file's "steering" precision, as regexes over GGUF names
 PINNED_Q8_0 = (r"\.ssm_x\.weight$", r"\.ssm_dt\.weight$")
 _READABLE_DTYPES = ("F32", "F16", "BF16")
+_CAST_BLOCK_BYTES = 32 << 20
 # The model file's layer kinds, as the GGUF writer names them: the memory layer's weights are a
 # Mamba layer's, and the self-decoder's full-attention layer is the "global" one.
 _GGUF_KIND = {"mamba_mem": "mamba", "attn": "global"}
@@ -410,16 +412,23 @@ def write_float_gguf(ck: Checkpoint, out_path: Path, outtype: str, progress: boo
         desc=f"writing {label}",
         disable=not progress,
     )
+
+    def as_type(a: np.ndarray, t) -> np.ndarray:
+        if t == T.BF16:
+            return f32_to_bf16_bits(a)
+        return a.astype(np_dtype[t], copy=False)
+
     for p in ck.plan:
         t = out_type(p)
         if not p.transform and source.get(p.ref.dtype) == t:
             data = p.ref.load()  # same type: the mapped bytes, no copy
-        elif t == T.BF16:
-            data = f32_to_bf16_bits(p.f32())
-        elif t == T.F16:
-            data = p.f32().astype(np.float16)
-        else:
-            data = p.f32()
+        elif p.transform or len(p.shape) < 2:
+            data = as_type(p.f32(), t)  # small tensors
+        else:  # cast a block of rows at a time: peak memory ~ the output tensor, not 3x it
+            src, data = p.ref.load(), np.empty(p.shape, dtype=np_dtype[t])
+            step = max(1, _CAST_BLOCK_BYTES // max(1, src[0].nbytes))
+            for r in range(0, p.shape[0], step):
+                data[r : r + step] = as_type(to_f32(src[r : r + step], p.ref.dtype), t)
         w.write_tensor_data(data)
         bar.update(p.ref.nbytes)
     bar.close()
