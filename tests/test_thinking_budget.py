@@ -160,7 +160,9 @@ def test_mlx_budget_processor_per_row_in_batch_generator(mlx_engine):
     tok = mlx_engine.tokenizer
     prompt = tok.encode(mlx_engine.apply_chat_template(QUESTION), add_special_tokens=False)
     budgets = [4, 12, 0]
-    gen = BatchGenerator(mlx_engine.model, max_tokens=200, sampler=lambda lp: mx.argmax(lp, axis=-1))
+    gen = BatchGenerator(
+        mlx_engine.model, max_tokens=200, sampler=lambda lp: mx.argmax(lp, axis=-1)
+    )
     procs = [[budget_processor(tok, n)] if n else [] for n in budgets]
     uids = gen.insert([prompt] * 3, logits_processors=procs)
     out = {u: [] for u in uids}
@@ -212,3 +214,43 @@ def test_generate_cli_flag(capsys):
     assert len(think) < 40 and out.split("</think>", 1)[1].strip()
     assert cli_main(["generate", "--thinking-budget", "-2"]) == 1
     assert "--thinking-budget" in capsys.readouterr().err
+
+
+def test_gguf_budget_in_llama_cpp_pythons_own_loop(gguf_engine):
+    """The server's GGUF path: llama-cpp-python's create_chat_completion with the budget as a
+    logits processor (one per request)."""
+    from llama_cpp import LogitsProcessorList
+
+    from phiflash_gguf.thinking import budget_logits_processor
+
+    llm = gguf_engine.llm
+    gguf_engine.reset()
+    try:
+        texts = []
+        for n in (0, BUDGET):
+            procs = LogitsProcessorList([budget_logits_processor(llm, n)]) if n else None
+            r = llm.create_completion(
+                gguf_engine.apply_chat_template(QUESTION),
+                max_tokens=200,
+                temperature=0.0,
+                logits_processor=procs,
+            )
+            texts.append(r["choices"][0]["text"])
+            llm.reset()
+        free, capped = texts
+        decode = _decoder(gguf_engine)
+
+        class C:
+            def __init__(self, t):
+                self.token = t
+
+        def split(text):
+            ids = llm.tokenize(text.encode(), add_bos=False, special=False)
+            return split_reply([C(t) for t in ids], decode)
+
+        assert len(split(free)[0]) > BUDGET + 5
+        inside, _, answer = split(capped)
+        assert len(inside) <= BUDGET + 1 and answer.strip()  # (+1: re-tokenized text)
+        assert capped.split("</think>")[0] != free.split("</think>")[0]
+    finally:
+        gguf_engine.reset()

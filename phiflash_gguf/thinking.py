@@ -1,0 +1,54 @@
+"""The thinking budget for llama-cpp-python's own generation loop (``Llama.create_completion``
+/ ``create_chat_completion``, as a server built on llama-cpp-python runs it).
+
+:class:`phiflash_gguf.engine.GGUFEngine` forces ``</think>`` in its own sampling loop; this is
+the same state machine (:mod:`phiflash.thinking`) as a llama-cpp-python logits processor:
+``logits_processor=llama_cpp.LogitsProcessorList([budget_logits_processor(llm, n)])``, one
+per request. It is called once per step with the tokens so far (the prompt first, then one
+more token per call) and, once ``n`` tokens were spent inside ``<think>``, leaves only the next
+id of ``</think>`` possible until the tag is complete.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from phiflash.thinking import THINK_CLOSE, ThinkingBudget, opens_thinking
+
+_PROMPT_TAIL = 64
+
+
+class BudgetLogitsProcessor:
+    def __init__(self, llm, n: int):
+        if n < 0:
+            raise ValueError("the thinking budget must be >= 0")
+        self.llm = llm
+        self.n = int(n)
+        self.ids = llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=False)
+        self.budget: ThinkingBudget | None = None
+        self._seen = 0
+
+    def _decode(self, token: int) -> str:
+        return self.llm.detokenize([token]).decode("utf-8", "replace")
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        total = len(input_ids)
+        if self.budget is None:  # the first call: the prompt
+            tail = [int(t) for t in input_ids[-_PROMPT_TAIL:]]
+            inside = opens_thinking(self.llm.detokenize(tail).decode("utf-8", "replace"))
+            self.budget = ThinkingBudget(self.n, self.ids, self._decode, inside)
+        elif total > self._seen:
+            for t in input_ids[self._seen :]:
+                self.budget.feed(int(t))
+        self._seen = total
+        forced = self.budget.forced()
+        if forced is None:
+            return scores
+        out = np.full_like(scores, -np.inf)
+        out[forced] = 0.0
+        return out
+
+
+def budget_logits_processor(llm, n: int) -> BudgetLogitsProcessor:
+    """A fresh processor for one request on ``llm`` (a ``llama_cpp.Llama``)."""
+    return BudgetLogitsProcessor(llm, n)
