@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -290,9 +291,15 @@ def test_history_read_only_file_falls_back_to_memory(tmp_path):
         tmp_path.chmod(0o755)
 
 
-def run_chat_in_pty(data_dir: Path, settle: float = 4.0, timeout: float = 60.0, cmd=None, **env_):
-    """Start `phiflash chat` (default: the demo engine) on a pseudo-terminal, press ctrl+q once
-    ``settle`` seconds have passed; return (exit code, everything it wrote)."""
+def screen_text(raw: str) -> str:
+    """What a terminal shows, roughly: the output without its escape sequences."""
+    return re.sub(r"\x1b\[[0-9;?<>$]*[A-Za-z]|\x1b\][^\x07]*\x07|\x1b[=>]", "", raw)
+
+
+def run_chat_in_pty(data_dir: Path, until: str, timeout: float = 90.0, cmd=None, **env_):
+    """Start `phiflash chat` (default: the demo engine) on a pseudo-terminal; once ``until``
+    shows on the screen, press ctrl+q (again every 2 s until it exits); return (exit code,
+    everything it wrote). Killed after ``timeout`` seconds."""
     import pty
     import select
     import signal
@@ -307,7 +314,7 @@ def run_chat_in_pty(data_dir: Path, settle: float = 4.0, timeout: float = 60.0, 
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - the child
         os.execve(cmd[0], cmd, e)
-    out, t0, sent = b"", time.monotonic(), False
+    out, t0, last_q = b"", time.monotonic(), None
     while time.monotonic() - t0 < timeout:
         ready, _, _ = select.select([fd], [], [], 0.2)
         if ready:
@@ -318,9 +325,12 @@ def run_chat_in_pty(data_dir: Path, settle: float = 4.0, timeout: float = 60.0, 
             if not chunk:
                 break
             out += chunk
-        if not sent and time.monotonic() - t0 > settle:
+        now = time.monotonic()
+        if last_q is None and until in screen_text(out.decode(errors="replace")):
+            last_q = now - 2.0
+        if last_q is not None and now - last_q >= 2.0:
             os.write(fd, b"\x11")  # ctrl+q
-            sent = True
+            last_q = now
     else:
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
@@ -333,7 +343,7 @@ def test_chat_opens_on_a_damaged_history(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "history.sqlite3").write_bytes(b"garbage" * 50)
-    code, out = run_chat_in_pty(data)
+    code, out = run_chat_in_pty(data, until="Type a math problem")
     assert code == 0 and "Traceback" not in out
     assert "note: the chat history was damaged" in out
     names = sorted(p.name for p in data.iterdir())
@@ -345,7 +355,7 @@ def test_chat_opens_on_a_damaged_history(tmp_path):
 @pytest.mark.skipif(os.name == "nt", reason="needs a POSIX pseudo-terminal")
 def test_chat_opens_with_an_unwritable_data_dir(tmp_path):
     (tmp_path / "file").write_text("x")
-    code, out = run_chat_in_pty(tmp_path / "file" / "data")
+    code, out = run_chat_in_pty(tmp_path / "file" / "data", until="Type a math problem")
     assert code == 0 and "Traceback" not in out
     assert "will not be saved" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

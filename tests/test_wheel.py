@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_bad_inputs import run_chat_in_pty
+from test_bad_inputs import run_chat_in_pty, screen_text
 
 REPO = Path(__file__).resolve().parent.parent
 TUTOR_FILES = {
@@ -131,9 +130,11 @@ def test_generate_runs_from_the_wheel(installed):
 def test_chat_starts_from_the_wheel(installed, tmp_path):
     """`phiflash chat` on the bundled tutor: the model loads (the stats bar names it)."""
     cmd = [str(installed["bin"] / "phiflash"), "chat"]
-    code, out = run_chat_in_pty(tmp_path / "data", settle=10.0, cmd=cmd, PHIFLASH_FAKE_ENGINE="0")
+    code, out = run_chat_in_pty(
+        tmp_path / "data", until="mlx · bf16", cmd=cmd, PHIFLASH_FAKE_ENGINE="0"
+    )
     assert code == 0 and "Traceback" not in out
-    screen = re.sub(r"\x1b\[[0-9;?<>$]*[A-Za-z]|\x1b\][^\x07]*\x07", "", out)  # text only
+    screen = screen_text(out)
     assert "mlx · bf16" in screen and "Could not load" not in screen  # the stats bar, loaded
     assert (tmp_path / "data" / "history.sqlite3").is_file()
 
