@@ -383,3 +383,59 @@ def test_cache_prompt_removes_temps_of_killed_runs(tmp_path):
 
 
 _out = {"capture_output": True, "text": True, "check": True}
+
+
+def disk_full(store: HistoryStore) -> None:
+    """From now on every write that needs a new page fails with SQLITE_FULL (a full disk)."""
+    pages = store._exec("PRAGMA page_count").fetchone()[0]
+    store._exec(f"PRAGMA max_page_count = {pages}")
+
+
+def test_history_write_failing_mid_session_goes_on_in_memory(tmp_path):
+    store = HistoryStore.open_safely(tmp_path / "history.sqlite3")
+    heard = []
+    store.on_notice = heard.append
+    conv = Conversation()
+    store.add(conv, Turn("user", "2+3"))
+    disk_full(store)
+    reply = Turn("assistant", "5 " * 20000)
+    store.add(conv, reply)  # needs new pages: the disk is "full"
+    assert heard == [store.notice] and "not saved from now on" in store.notice
+    assert "full" in store.notice
+    store.update(reply.id, "five", "done")
+    assert store.raw_status(reply.id) == ("five", "done")
+    store.close()
+    with sqlite3.connect(tmp_path / "history.sqlite3") as db:  # what was saved stays saved
+        assert db.execute("SELECT content FROM messages").fetchall() == [("2+3",)]
+
+
+def test_chat_survives_a_full_disk_mid_answer(tmp_path):
+    """The chat keeps streaming and tells the user, instead of dying with a traceback."""
+    import asyncio
+
+    from phiflash.engine import FakeEngine
+    from phiflash.tui.app import make_app
+
+    store = HistoryStore.open_safely(tmp_path / "history.sqlite3")
+    engine = FakeEngine(reply="The answer is " + "5 " * 5000)
+
+    async def go():
+        app = make_app(engine, store=store, export_dir=tmp_path, batch_interval=0)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.pause()
+            app.params.max_tokens = -1  # no limit: the whole reply (the settings allow -1)
+            disk_full(store)
+            await pilot.click("#prompt")
+            await pilot.press(*"2+3", "enter")
+            for _ in range(500):  # the reply is done: its status leaves "streaming"
+                turns = app.conversation.turns
+                if len(turns) == 2 and turns[-1].status != "streaming":
+                    break
+                await pilot.pause(0.01)
+            assert app.conversation.turns[-1].status == "done"
+            assert app.conversation.turns[-1].content.startswith("The answer is 5 5")
+            shown = [n.message for n in app._notifications]
+            assert any("not saved from now on" in m for m in shown), shown
+
+    asyncio.run(go())
+    store.close()

@@ -99,6 +99,9 @@ class PhiflashApp(App):
         """Called once the chat screen is mounted: resume, then load the engine."""
         if self.store.notice:  # the history db was damaged or cannot be written
             self.notify(self.store.notice, severity="warning", timeout=15)
+        # a write that fails later (disk full, file gone): the store goes on in memory and
+        # says so (notify posts a message: safe from the generation worker's thread)
+        self.store.on_notice = lambda msg: self.notify(msg, severity="warning", timeout=15)
         if self.resume:
             last = self.store.last_id()
             if last is None:

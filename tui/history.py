@@ -8,7 +8,8 @@ worker, behind a lock.
 The chat always opens (:meth:`HistoryStore.open_safely`): a database that is not SQLite or fails
 its integrity check is moved aside (``history.sqlite3.corrupt-<time>``) and a fresh one is
 started; a data dir or database that cannot be written gives an in-memory store (the chat runs
-but is not saved). Either way ``store.notice`` holds the one line the chat shows.
+but is not saved), and so does a write that fails mid-session. ``store.notice`` holds the one
+line the chat shows.
 """
 
 from __future__ import annotations
@@ -58,12 +59,14 @@ class CorruptHistory(Exception):
 
 
 MEMORY = ":memory:"
+FAILING_DB = (sqlite3.OperationalError, sqlite3.DatabaseError)  # exact types, not subclasses
 
 
 class HistoryStore:
     def __init__(self, path: str | Path, clock=time.time, check: bool = False):
         self.path = Path(path)
         self.notice: str | None = None  # one line for the user (see open_safely)
+        self.on_notice = None  # called with a notice raised mid-session (the chat shows it)
         if str(path) != MEMORY:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
@@ -135,7 +138,31 @@ class HistoryStore:
 
     def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
         with self._lock:
-            return self._db.execute(sql, args)
+            try:
+                return self._db.execute(sql, args)
+            except sqlite3.DatabaseError as e:
+                # only a failing database (I/O, read-only, full, damaged), never a wrong query
+                if str(self.path) == MEMORY or type(e) not in FAILING_DB:
+                    raise
+                self._fall_back_to_memory(e)
+                return self._db.execute(sql, args)
+
+    def _fall_back_to_memory(self, error: sqlite3.Error) -> None:
+        """The database failed mid-session (disk full, file gone): keep the chat running.
+
+        What follows lives in memory only; ``on_notice`` (set by the chat) hears why.
+        """
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            pass
+        failed = self.path
+        self.path = Path(MEMORY)
+        self._db = sqlite3.connect(MEMORY, check_same_thread=False, isolation_level=None)
+        self._db.executescript(SCHEMA)  # no foreign keys: earlier rows stayed on disk
+        self.notice = f"cannot write the chat history at {failed} ({error}); not saved from now on"
+        if self.on_notice is not None:
+            self.on_notice(self.notice)
 
     # conversations
 
