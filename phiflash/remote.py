@@ -167,6 +167,13 @@ class RemoteEngine:
             body["min_p"] = params.min_p
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.thinking_budget > 0:
+            if not self.server_info.get("thinking_budget"):
+                raise RemoteError(
+                    f"{self.url} has no thinking budget (it is not `phiflash serve`); "
+                    "set the thinking budget to 0"
+                )
+            body["thinking_budget"] = params.thinking_budget
         return body
 
     def _stream(self, path, body, params, should_stop, n_prompt) -> Iterator[Chunk]:

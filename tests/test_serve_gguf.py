@@ -41,9 +41,9 @@ def engine(tutor_gguf):
     return GGUFEngine(str(tutor_gguf), n_threads=2)
 
 
-def solo(engine, messages, max_tokens=128):
+def solo(engine, messages, max_tokens=128, thinking_budget=0):
     engine.reset()
-    params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
+    params = GenerationParams(max_tokens, 0.0, thinking_budget=thinking_budget)
     chunks = list(engine.stream(messages, params))
     return "".join(c.text for c in chunks), chunks[-1].finish_reason
 
@@ -104,6 +104,21 @@ def test_stock_endpoints_outside_the_classroom_are_closed(server):
     assert status == 200 and body["tokens"]
 
 
+def test_thinking_budget_per_request(server, engine):
+    msgs = user(QUESTIONS[0])
+    status, resp = server.chat(msgs, max_tokens=128, temperature=0, thinking_budget=5)
+    assert status == 200, resp
+    short = answer(resp)
+    assert short == solo(engine, msgs, thinking_budget=5)  # the engine's own budget
+    assert short != solo(engine, msgs) and short[0].index("</think>") < 60
+    assert server.chat(msgs, thinking_budget=-1)[0] == 400
+    # one request with a budget and one without, at the same time: each keeps its own
+    both = concurrently(
+        lambda b: server.chat(msgs, max_tokens=128, temperature=0, thinking_budget=b), [5, 0]
+    )
+    assert [answer(r) for _, r in both] == [short, solo(engine, msgs)]
+
+
 def test_sampling_parameters_change_the_output(server):
     def text(**p):
         status, resp = server.chat(user("hello"), max_tokens=30, top_p=1.0, **p)
@@ -149,15 +164,27 @@ def test_remote_engine_streams_what_the_engine_streams(server, engine):
 
 
 def test_fixed_system_prompt_and_queue_limit(tutor_gguf, engine, tmp_path):
-    args = ("--system-prompt", SYSTEM, "--queue-limit", "2", "--threads", "2")
+    args = (
+        "--system-prompt",
+        SYSTEM,
+        "--queue-limit",
+        "2",
+        "--thinking-budget-cap",
+        "5",
+        "--threads",
+        "2",
+    )
     with Server(tutor_gguf, tmp_path / "server.log", *args) as s:
         status, body = s.chat([{"role": "system", "content": "Be a pirate."}] + user("2+3?"))
         assert status == 400 and "system prompt" in body["error"]["message"]
         status, body = s.request("POST", "/v1/completions", {"prompt": "2+3=", "max_tokens": 4})
         assert status == 400 and "system prompt" in body["error"]["message"]
+        # no budget named: the cap applies; more than the cap: refused
+        status, body = s.chat(user(QUESTIONS[0]), thinking_budget=6)
+        assert status == 400 and "cap of 5" in body["error"]["message"]
         status, resp = s.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
         with_system = [{"role": "system", "content": SYSTEM}] + user(QUESTIONS[0])
-        assert status == 200 and answer(resp) == solo(engine, with_system)
+        assert status == 200 and answer(resp) == solo(engine, with_system, thinking_budget=5)
         results = concurrently(
             lambda q: s.chat(user(q), max_tokens=200, temperature=0), QUESTIONS * 2
         )

@@ -40,9 +40,9 @@ def engine():
     return MLXEngine(str(DEFAULT_MODEL_DIR))
 
 
-def solo(engine, messages, max_tokens=128):
+def solo(engine, messages, max_tokens=128, thinking_budget=0):
     engine.reset()
-    params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
+    params = GenerationParams(max_tokens, 0.0, thinking_budget=thinking_budget)
     chunks = list(engine.stream(messages, params))
     return "".join(c.text for c in chunks), chunks[-1].finish_reason
 
@@ -105,6 +105,21 @@ def test_a_request_never_loads_another_model(server):
     assert status == 200 and boxed(answer(resp)[0]) == "85"  # still the tutor
 
 
+def test_thinking_budget_per_request(server, engine):
+    msgs = user(QUESTIONS[0])
+    status, resp = server.chat(msgs, max_tokens=128, temperature=0, thinking_budget=5)
+    assert status == 200, resp
+    short = answer(resp)
+    assert short == solo(engine, msgs, thinking_budget=5)  # the engine's own budget
+    assert short != solo(engine, msgs) and short[0].index("</think>") < 60
+    assert server.chat(msgs, thinking_budget=-1)[0] == 400
+    # one request with a budget and one without, at the same time: each keeps its own
+    both = concurrently(
+        lambda b: server.chat(msgs, max_tokens=128, temperature=0, thinking_budget=b), [5, 0]
+    )
+    assert [answer(r) for _, r in both] == [short, solo(engine, msgs)]
+
+
 def test_sampling_parameters_change_the_output(server):
     def text(**p):
         status, resp = server.chat(user("hello"), max_tokens=30, top_p=1.0, **p)
@@ -144,14 +159,25 @@ def test_context_overflow_is_refused_before_work(server, engine):
 
 
 def test_fixed_system_prompt_queue_limit_and_one_at_a_time(tmp_path, engine):
-    args = ("--system-prompt", SYSTEM, "--queue-limit", "2", "--one-at-a-time")
+    args = (
+        "--system-prompt",
+        SYSTEM,
+        "--queue-limit",
+        "2",
+        "--thinking-budget-cap",
+        "5",
+        "--one-at-a-time",
+    )
     with Server(DEFAULT_MODEL_DIR, tmp_path / "server.log", *args) as s:
         status, body = s.chat([{"role": "system", "content": "Be a pirate."}] + user("2+3?"))
         assert status == 400 and "system prompt" in body["error"]["message"]
         status, resp = s.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
         assert status == 200
         with_system = [{"role": "system", "content": SYSTEM}] + user(QUESTIONS[0])
-        assert answer(resp) == solo(engine, with_system)
+        # no budget named: the cap applies; more than the cap: refused
+        status, body = s.chat(user(QUESTIONS[0]), thinking_budget=6)
+        assert status == 400 and "cap of 5" in body["error"]["message"]
+        assert answer(resp) == solo(engine, with_system, thinking_budget=5)
         assert resp["usage"]["prompt_tokens"] == engine.count_tokens(with_system)
         # eight students at once against a limit of two: the rest are told to come back
         results = concurrently(

@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"most new tokens a request may ask for (default: no cap; requests that name none "
         f"get min({DEFAULT_MAX_TOKENS}, cap))",
     )
+    p.add_argument(
+        "--thinking-budget-cap",
+        type=int,
+        help="most tokens a reply may think (inside <think>) before </think> is forced; "
+        "requests that name no budget get the cap",
+    )
     p.add_argument("--queue-limit", type=int, help="most requests running or waiting (503 past it)")
     p.add_argument("--system-prompt", help="a fixed system prompt for every chat request")
     g = p.add_argument_group("MLX")
@@ -69,7 +75,14 @@ def _is_loopback(host: str) -> bool:
 def _check(p: argparse.ArgumentParser, args) -> None:
     if not 0 < args.port < 65536:
         p.error(f"--port must be in 1..65535, got {args.port}")
-    for flag in ("max_tokens_cap", "queue_limit", "decode_concurrency", "threads", "n_ctx"):
+    for flag in (
+        "max_tokens_cap",
+        "thinking_budget_cap",
+        "queue_limit",
+        "decode_concurrency",
+        "threads",
+        "n_ctx",
+    ):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
@@ -96,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         model_id=name,
         engine=kind,
         max_tokens_cap=args.max_tokens_cap,
+        thinking_budget_cap=args.thinking_budget_cap,
         queue_limit=args.queue_limit,
         system_prompt=args.system_prompt,
         api_key=args.api_key,

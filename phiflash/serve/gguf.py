@@ -20,8 +20,9 @@ measured latency under concurrent students and what multi-sequence batching woul
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
 
-from phiflash.engine import check_context
+from phiflash.engine import GenerationParams, check_context
 from phiflash.errors import ContextLengthError
 from phiflash.serve.options import (
     CHAT_PATHS,
@@ -35,6 +36,71 @@ from phiflash.serve.options import (
 
 # llama-cpp-python's own endpoints that stay reachable besides the completions
 PASS_THROUGH = ("/extras/tokenize", "/extras/tokenize/count", "/extras/detokenize")
+
+# the params of the request being served: set by the middleware, read in the worker thread
+# where llama-cpp-python generates (anyio copies the context into it)
+_REQUEST: ContextVar[GenerationParams | None] = ContextVar("phiflash_request", default=None)
+
+
+class BudgetLogitsProcessor:
+    """The thinking budget as a llama-cpp-python logits processor (one reply's state).
+
+    Called once per step with every token so far (prompt, then generated); once the reply has
+    spent its budget inside ``<think>`` it leaves only the next id of ``</think>`` possible.
+    """
+
+    def __init__(self, engine, n: int):
+        self.engine = engine
+        self.n = n
+        self.budget = None
+        self._seen = 0
+
+    def __call__(self, input_ids, scores):
+        import numpy as np
+
+        ids = [int(t) for t in input_ids]
+        if self.budget is None:  # the first call: the prompt
+            self.budget = self.engine._thinking_budget(ids, self.n)
+        else:
+            for t in ids[self._seen :]:
+                self.budget.feed(t)
+        self._seen = len(ids)
+        forced = self.budget.forced()
+        if forced is None:
+            return scores
+        out = np.full_like(scores, -np.inf)
+        out[forced] = 0.0
+        return out
+
+
+def request_logits_processors(params: GenerationParams | None, engine) -> list:
+    """Per-request logits processors for llama-cpp-python (the GGUF twin of
+    ``phiflash.serve.mlx.request_logits_processors``)."""
+    processors: list = []
+    if params is not None and params.thinking_budget > 0:
+        processors.append(BudgetLogitsProcessor(engine, params.thinking_budget))
+    return processors
+
+
+def classroom_llama(engine) -> None:
+    """Give ``engine.llm`` a ``create_completion`` that adds the request's own processors.
+
+    llama-cpp-python's routes call ``Llama.create_chat_completion`` / ``Llama.__call__``, and
+    both end in ``self.create_completion``: the one method a subclass sees for every request.
+    """
+    base = type(engine.llm)
+
+    class ClassroomLlama(base):
+        def create_completion(self, *args, **kwargs):
+            extra = request_logits_processors(_REQUEST.get(), engine)
+            if extra:
+                from llama_cpp import LogitsProcessorList
+
+                own = kwargs.get("logits_processor") or []
+                kwargs["logits_processor"] = LogitsProcessorList([*own, *extra])
+            return super().create_completion(*args, **kwargs)
+
+    engine.llm.__class__ = ClassroomLlama
 
 
 class PinnedProxy:
@@ -116,9 +182,11 @@ class ClassroomMiddleware:
             body["model"] = room.model_id
             body.setdefault("repeat_penalty", 1.0)  # llama-cpp-python's default is 1.1
             room.admit()
+            token = _REQUEST.set(params)
             try:
                 await self.app(*self._with_body(scope, receive, body, path in CHAT_PATHS), send)
             finally:
+                _REQUEST.reset(token)
                 room.release()
             return
         if method == "POST" and path in PASS_THROUGH:
@@ -167,6 +235,7 @@ def build_app(engine, classroom: Classroom):
     from starlette_context.plugins import RequestIdPlugin
 
     lc_app.set_server_settings(ServerSettings(api_key=classroom.api_key, interrupt_requests=False))
+    classroom_llama(engine)
     lc_app._llama_proxy = PinnedProxy(engine.llm, classroom.model_id)
     app = FastAPI(title="phiflash serve")
     app.add_middleware(RawContextMiddleware, plugins=(RequestIdPlugin(),))

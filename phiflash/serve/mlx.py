@@ -40,27 +40,36 @@ from phiflash.serve.options import (
 DEFAULT_MODEL = "default_model"  # mlx_lm.server's name for the model given at start
 
 
-def request_logits_processors(params: GenerationParams | None) -> list:
+def request_logits_processors(params: GenerationParams | None, tokenizer) -> list:
     """Per-request logits processors beyond mlx-lm's own (built in the generation thread).
 
     The one place a per-request option becomes a processor; each row of a batch gets its own
-    list, so a per-row processor (a thinking budget) is one ``append`` here.
+    list (mlx-lm's BatchGenerator calls it with that row's tokens), so each request's thinking
+    budget is its own.
     """
     processors: list = []
     if params is None:  # a request that did not come through ClassroomHandler
         return processors
-    # e.g. the thinking budget: processors.append(thinking_budget_processor(params, ...))
+    if params.thinking_budget > 0:
+        from phiflash_mlx.thinking import budget_processor
+
+        processors.append(budget_processor(tokenizer, params.thinking_budget))
     return processors
 
 
 _stock_logits_processors = mlx_server._make_logits_processors
 
 
-def _logits_processors(args):
-    """mlx-lm's processors for ``args`` plus the request's own (see request_logits_processors)."""
-    return _stock_logits_processors(args) + request_logits_processors(
-        getattr(args, "phiflash_params", None)
-    )
+def _with_request_processors(provider):
+    """mlx-lm's ``_make_logits_processors`` plus each request's own (request_logits_processors)."""
+
+    def make(args):
+        params = getattr(args, "phiflash_params", None)
+        return _stock_logits_processors(args) + request_logits_processors(
+            params, provider.tokenizer
+        )
+
+    return make
 
 
 def server_args(
@@ -250,7 +259,9 @@ def make_handler(classroom: Classroom) -> type[ClassroomHandler]:
 
 def serve(provider: PinnedModelProvider, classroom: Classroom, host: str, port: int) -> None:
     """Run mlx-lm's HTTP server with the classroom handler until interrupted."""
-    mlx_server._make_logits_processors = _logits_processors  # per-request processors
+    # mlx-lm builds each request's processors with this module function, in the generation
+    # thread; ours adds the request's own
+    mlx_server._make_logits_processors = _with_request_processors(provider)
     cache = mlx_server.LRUPromptCache(provider.cli_args.prompt_cache_size)
     generator = ClassroomResponseGenerator(provider, cache)
     try:

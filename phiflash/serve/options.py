@@ -51,6 +51,7 @@ class Classroom:
     quantization: str = ""
     context_limit: int = 0
     max_tokens_cap: int | None = None
+    thinking_budget_cap: int | None = None
     queue_limit: int | None = None
     system_prompt: str | None = None
     api_key: str | None = None
@@ -60,6 +61,10 @@ class Classroom:
     def __post_init__(self):
         if self.max_tokens_cap is not None and self.max_tokens_cap < 1:
             raise PhiflashError(f"--max-tokens-cap must be at least 1, got {self.max_tokens_cap}")
+        if self.thinking_budget_cap is not None and self.thinking_budget_cap < 1:
+            raise PhiflashError(
+                f"--thinking-budget-cap must be at least 1, got {self.thinking_budget_cap}"
+            )
         if self.queue_limit is not None and self.queue_limit < 1:
             raise PhiflashError(f"--queue-limit must be at least 1, got {self.queue_limit}")
 
@@ -108,6 +113,8 @@ class Classroom:
             "context_limit": self.context_limit,
             "max_tokens_cap": self.max_tokens_cap,
             "default_max_tokens": self.default_max_tokens,
+            "thinking_budget": True,  # requests may carry `thinking_budget` (0 = no limit)
+            "thinking_budget_cap": self.thinking_budget_cap,
             "queue_limit": self.queue_limit,
             "fixed_system_prompt": self.system_prompt is not None,
             "count_tokens": COUNT_TOKENS_PATH,
@@ -147,12 +154,12 @@ _NUMBERS = {
     "top_k": (int, 0, None, False),
     "min_p": (float, 0.0, 1.0, False),
     "seed": (int, None, None, False),
+    "thinking_budget": (int, 0, None, False),  # tokens inside <think>; 0 = no limit
 }
 # options of other servers that this server does not serve: refused, never ignored
 _REFUSED = {
     "adapters": "adapters are not served",
     "draft_model": "speculative decoding with another model is not served",
-    "thinking_budget": "this server has no thinking budget yet",
 }
 
 
@@ -178,6 +185,20 @@ def _max_tokens(body: dict, room: Classroom) -> int:
             "max_tokens_cap",
         )
     return value
+
+
+def _cap_thinking_budget(params: GenerationParams, room: Classroom) -> None:
+    """With ``--thinking-budget-cap``: no budget (0) gets the cap, a larger one is refused."""
+    cap = room.thinking_budget_cap
+    if cap is None:
+        return
+    if params.thinking_budget > cap:
+        raise RequestError(
+            400,
+            f"thinking_budget {params.thinking_budget} exceeds this server's cap of {cap}",
+            "thinking_budget_cap",
+        )
+    params.thinking_budget = params.thinking_budget or cap
 
 
 def check_model(body: dict, room: Classroom) -> None:
@@ -253,6 +274,8 @@ def validate(body, room: Classroom, chat: bool) -> tuple[dict, GenerationParams]
         value = _number(body, name, kind, lo, hi, lo_open)
         if value is not None:
             setattr(params, name, value)
+    _cap_thinking_budget(params, room)
+    out.pop("thinking_budget", None)  # applied by the server's own hook, not a stock field
     out.update(
         max_tokens=params.max_tokens,
         temperature=params.temperature,
