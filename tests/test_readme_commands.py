@@ -34,7 +34,7 @@ SHELL_LANGS = {"sh", "bash", "shell", "console", "zsh"}
 CANNOT_RUN_HERE = [
     (r"^make\b", "make targets create the venv and build the fork: CI runs `make test` itself"),
     (r"^(pip|uv|python -m pip)\b.*install", "installs from a package index (network)"),
-    (r"^(git clone|curl|wget)\b", "downloads"),
+    (r"^(git clone|curl|wget)\b", "network: a download or an HTTP call to a running server"),
     (r"^(hf|huggingface-cli) (download|login|upload)", "talks to the Hugging Face Hub"),
     (r"^phiflash pull\b", "downloads from the Hugging Face Hub (tests/test_hub_ids.py)"),
     (r"^phiflash chat\b", "interactive (tests/test_tui_*.py, the wheel test starts it on a pty)"),
@@ -120,16 +120,28 @@ def readme_commands() -> list[str]:
     return out
 
 
+def program(cmd: str) -> str:
+    """The command without leading ``VAR=value`` assignments and a ``.venv/bin/`` prefix."""
+    cmd = re.sub(r"^(\w+=(\"[^\"]*\"|'[^']*'|\S*)\s+)+", "", cmd)
+    return re.sub(r"^\.venv/bin/", "", cmd)
+
+
 def why_not(cmd: str) -> str | None:
     for pattern, reason in CANNOT_RUN_HERE:
-        if re.search(pattern, cmd):
+        if re.search(pattern, cmd) or re.search(pattern, program(cmd)):
             return reason
     return None
 
 
+GENERATE = (
+    r"^(phiflash generate|python -m phiflash\.commands\.generate"
+    r"|(python -m )?mlx_lm[. ]generate)\b"
+)
+
+
 def capped(cmd: str) -> str:
     """``--max-tokens``/``-m`` capped at MAX_TOKENS for generation commands."""
-    if not re.match(r"^(phiflash generate|python -m phiflash\.commands\.generate)\b", cmd):
+    if not re.match(GENERATE, program(cmd)):
         return cmd
     if "--help" in cmd.split() or "-h" in cmd.split():
         return cmd
@@ -140,9 +152,9 @@ def capped(cmd: str) -> str:
 
 def stage(cmd: str) -> int:
     """Conversions first, then prompt caches, then everything else (README order within)."""
-    if re.match(r"^phiflash convert(-gguf)?\b", cmd):
+    if re.match(r"^phiflash convert(-gguf)?\b", program(cmd)):
         return 0
-    if re.match(r"^phiflash cache-prompt\b", cmd):
+    if re.match(r"^phiflash cache-prompt\b", program(cmd)):
         return 1
     return 2
 
@@ -177,6 +189,7 @@ def results(tmp_path_factory) -> dict:
     cache = root / "hf-cache"
     for repo in HUB_REPOS:
         add_to_hub_cache(cache, repo, TINY)
+    (work / ".venv").symlink_to(Path(sys.executable).parent.parent)  # `.venv/bin/phiflash ...`
     for name in sorted({m for c in ALL for m in re.findall(r"[\w./-]+\.txt\b", c)}):
         if "/" not in name:
             (work / name).write_text(SAMPLE_TEXT)
@@ -216,7 +229,7 @@ def test_readme_command_runs(results, cmd):
     detail = f"$ {capped(cmd)}\n--- stdout\n{r.stdout[-1500:]}\n--- stderr\n{r.stderr[-2500:]}"
     assert r.returncode == 0, detail
     assert "Traceback" not in r.stdout + r.stderr, detail
-    if re.match(r"^phiflash generate\b", cmd) and "--help" not in cmd:
+    if re.match(r"^phiflash generate\b", program(cmd)) and "--help" not in cmd:
         assert r.stdout.strip(), detail
 
 
