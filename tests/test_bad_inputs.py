@@ -439,3 +439,21 @@ def test_chat_survives_a_full_disk_mid_answer(tmp_path):
 
     asyncio.run(go())
     store.close()
+
+
+def test_prompt_cache_with_other_dimensions_is_refused(tiny_cache):
+    """Same layer layout, other sizes (e.g. another hidden size): refused, naming the shapes."""
+    import mlx.core as mx
+
+    from phiflash.errors import PromptCacheError
+    from phiflash_mlx.cache_prompt import read_prompt_cache
+    from phiflash_mlx.load import load_model
+
+    model, _ = load_model(TINY)
+    pinned = read_prompt_cache(str(tiny_cache))
+    pinned.check_model(model)  # its own model: fits
+    cls, (keys, values, *rest) = pinned._layers[1]  # a sliding-window layer
+    wider = [mx.zeros((*keys.shape[:3], keys.shape[3] * 2), keys.dtype) for _ in range(2)]
+    pinned._layers[1] = (cls, (*wider, *rest))
+    with pytest.raises(PromptCacheError, match="layer 1 holds shape"):
+        pinned.check_model(model)
