@@ -143,6 +143,21 @@ def test_formats_side_by_side_and_mlx_notice(env, capsys, monkeypatch):
     engine = open_engine(str(DEFAULT_MODEL_DIR))  # bf16: not the slow quantized path
     assert slow_path_notice(engine) is None
 
+    # the chat says it too, in the window
+    from phiflash.tui.app import make_app
+    from phiflash.tui.history import HistoryStore
+
+    async def chat():
+        hist = HistoryStore(store.parent / "h.sqlite3")
+        app = make_app(open_engine(REAL_MODEL, "mlx"), store=hist, export_dir=store.parent)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.pause()
+            notes = [str(n.message) for n in app._notifications]
+            assert any("GGUF engine" in n and "400x" in n for n in notes), notes
+        hist.close()
+
+    asyncio.run(chat())
+
     # rm one format
     assert cli_main(["rm", REAL_MODEL, "--format", "mlx-4bit"]) == 0
     assert [e.format for e in load_manifest()] == [CPU_FORMAT]
