@@ -260,3 +260,33 @@ def test_chat_badge_marks(tmp_path):
     assert "differs ✗ (sympy: 5)" in badge
     (badge,) = _run_chat(tmp_path, right, ["write me a poem"])
     assert "Answer: 5" in badge and "✓" not in badge and "✗" not in badge
+
+
+def test_welcome_says_what_the_bundled_model_can_do(tmp_path):
+    import asyncio
+
+    from phiflash.engine import FakeEngine
+    from phiflash.paths import DEFAULT_MODEL_DIR
+    from phiflash.tui.app import make_app
+    from phiflash.tui.history import HistoryStore
+    from phiflash.tui.screens.chat import runs_bundled_model
+
+    assert runs_bundled_model("the bundled model") and runs_bundled_model(str(DEFAULT_MODEL_DIR))
+    assert not runs_bundled_model("microsoft/Phi-4-mini-flash-reasoning")
+    assert not runs_bundled_model("")
+
+    async def welcome(label):
+        store = HistoryStore(tmp_path / f"w{len(list(tmp_path.iterdir()))}.sqlite3")
+        app = make_app(
+            FakeEngine(), store=store, export_dir=tmp_path, batch_interval=0, model_label=label
+        )
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.pause()
+            text = str(app.chat_screen.query_one("#welcome").render())
+        store.close()
+        return text
+
+    bundled = asyncio.run(welcome("the bundled model"))
+    assert "arithmetic, fractions, percentages and linear equations" in bundled
+    assert "phiflash pull microsoft/Phi-4-mini-flash-reasoning" in bundled.replace("\n", " ")
+    assert "phiflash pull" not in asyncio.run(welcome("microsoft/Phi-4-mini-flash-reasoning"))

@@ -24,6 +24,29 @@ WELCOME = (
     "the answer starts), then answers. Follow-up questions stay in the same problem; "
     "**ctrl+n** starts a new one."
 )
+# What the bundled model can do and how to get the real one (shown when the bundled model runs).
+BUNDLED_NOTE = (
+    "This is the bundled 7.65M demo tutor: arithmetic, fractions, percentages and linear "
+    "equations only (✓/✗ marks are sympy's own check). The real model: phiflash pull "
+    "microsoft/Phi-4-mini-flash-reasoning, then phiflash chat --model "
+    "microsoft/Phi-4-mini-flash-reasoning."
+)
+
+
+def runs_bundled_model(label: str) -> bool:
+    """True when the chat's model label names the bundled tutor (no --model given)."""
+    from pathlib import Path
+
+    from phiflash.paths import DEFAULT_MODEL_DIR
+
+    if label == "the bundled model":
+        return True
+    try:
+        return bool(label) and Path(label).resolve() == DEFAULT_MODEL_DIR.resolve()
+    except (OSError, ValueError):
+        return False
+
+
 # tokens kept free for the student's next message when warning that a problem nears the context
 NEXT_MESSAGE_ROOM = 64
 
@@ -83,7 +106,10 @@ class ChatScreen(Screen):
     async def on_mount(self) -> None:
         self.query_one("#reasoning").display = False
         self.query_one("#context-warning").display = False
-        self.query_one("#welcome", Static).update(WELCOME.replace("**", ""))
+        welcome = WELCOME.replace("**", "")
+        if runs_bundled_model(self.app.model_label):
+            welcome += "\n" + BUNDLED_NOTE
+        self.query_one("#welcome", Static).update(welcome)
         await self.show_conversation()
         self.query_one("#prompt", Input).focus()
         await self.app.start()
