@@ -107,6 +107,14 @@ def test_pull_list_use_rm(env, capsys):
 
     asyncio.run(chat())
 
+    # serve, by repo id: the pulled GGUF
+    from serve_util import Server
+
+    with Server(REAL_MODEL, store.parent / "serve.log") as server:
+        status, body = server.request("GET", "/v1/models")
+        assert status == 200 and REAL_MODEL in json.dumps(body)
+        assert "(gguf Q4_0" in server.tail()
+
     # rm by name: gone from the store and the listing; the name falls back to the HF cache
     assert cli_main(["rm", NAME]) == 0
     assert f"removed {NAME}" in capsys.readouterr().out

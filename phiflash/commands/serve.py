@@ -8,10 +8,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from phiflash.console import command_main
 from phiflash.engine import DEFAULT_MAX_TOKENS
 from phiflash.errors import PhiflashError
+from phiflash.paths import RESOLUTION_HELP
 
 API_KEY_ENV = "PHIFLASH_API_KEY"
 
@@ -25,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
             "`phiflash chat --server http://HOST:PORT` or any OpenAI client."
         ),
     )
-    p.add_argument("--model", help="HF/MLX model dir, hub id or .gguf (default: bundled model)")
+    p.add_argument("--model", help=f"{RESOLUTION_HELP} (default: the bundled tutor model)")
     p.add_argument("--engine", choices=["mlx", "gguf"], help="force an engine")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
@@ -99,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(message)s"
     )
-    from phiflash.paths import resolve_model
     from phiflash.serve.options import Classroom
+    from phiflash.store import find_model
 
-    path = resolve_model(args.model)
+    path = find_model(args.model, args.engine)  # pulled model > HF cache > alias
     kind = args.engine or ("gguf" if str(path).endswith(".gguf") else "mlx")
     name = args.name or (args.model if args.model and not Path(args.model).exists() else path.name)
     room = dict(
@@ -141,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             context_limit=int(provider.model.args.max_position_embeddings),
         )
         how = "in turn" if not provider.is_batchable else "batched"
+        from phiflash.engines import slow_path_notice
+
+        # MLX quantized without a GPU: say once that the GGUF engine is the fast path
+        note = slow_path_notice(SimpleNamespace(name="mlx", quantization=classroom.quantization))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         _announce(args, classroom, f"concurrent requests {how}")
         mlx.serve(provider, classroom, args.host, args.port)
     else:  # pragma: no cover - argparse choices
