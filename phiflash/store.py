@@ -36,11 +36,12 @@ FORMATS = {
     "gguf-q8_0": "gguf",
     "gguf-q4_k_m": "gguf",
 }
-# Where MLX has no GPU, the GGUF engine is the fast path: measured at full size (random
-# weights in the real layout) on a 2-core x86 CPU, MLX 4-bit decodes 0.04 tok/s and the fork's
-# Q4_0 16 tok/s. Q4_0 is the GGUF default: the fork's decode kernel is written for it, and it
-# decoded 1.8x faster than Q8_0 at 512 tokens of context (6.84 vs 3.74 tok/s, fork rev 7, Intel
-# Xeon, benchmarks/results/gguf_cpu.md) from a file 0.57x the size.
+# Where MLX has no GPU, the GGUF engine is the fast path: at full size (random weights in the
+# real layout) on a 2-core x86 CPU, MLX 4-bit decoded 0.04 tok/s and the fork's Q4_0 16 tok/s.
+# Q4_0 is the GGUF default: the fork's decode kernel is written for it, and on a 2-core AMD EPYC
+# (benchmarks/results/gguf_cpu.md, 2026-11-23) it decoded 1.79x / 1.71x faster than Q8_0 at
+# 512 / 4096 tokens of context (6.41 / 5.67 against 3.59 / 3.31 tok/s) from a file 0.57x the
+# size (2.32 against 4.10 GB).
 GPU_FORMAT = "mlx-4bit"
 CPU_FORMAT = "gguf-q4_0"
 MLX_CPU_TOKS = 0.04
