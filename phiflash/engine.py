@@ -40,9 +40,12 @@ DEFAULT_MAX_TOKENS = 2048
 REASONING_CONTEXT = 32768
 REASONING_MAX_TOKENS = 16384
 # The chat's default thinking budget per engine (tokens inside <think> before </think> is
-# forced; 0 = no limit): about five minutes of reasoning on each engine's typical machine
-# (GGUF Q4_0 decodes 13-16 tok/s on a 2-core CPU; MLX 4-bit on Apple silicon decodes several
-# times faster). `phiflash generate` has no budget unless --thinking-budget is given.
+# forced; 0 = no limit), so that a CPU answer comes within minutes: GGUF Q4_0 at full size
+# decoded 5.7-6.4 tok/s at 512-4096 tokens of context on a 2-core AMD EPYC
+# (benchmarks/results/gguf_cpu.md) and 13-16 tok/s at short context on a 2-core CI machine, so
+# 4096 tokens of reasoning take 4-12 minutes there; MLX 4-bit runs where MLX has a GPU (Apple
+# silicon), several times faster, so it gets twice the room. Both leave at least half of
+# REASONING_MAX_TOKENS to the answer. `phiflash generate` has no budget unless asked.
 CHAT_THINKING_BUDGET = {"mlx": 8192, "gguf": 4096}
 
 
