@@ -212,6 +212,17 @@ async def test_chosen_limits_are_kept_and_the_setting_is_saved(store, tmp_path):
         await pilot.pause()
         assert app.screen is app.chat_screen and app.params.thinking_budget == 512
     assert store.get_settings()["thinking_budget"] == 512
+    # values equal to the engine's defaults are saved as "default": they follow the next model
+    app = make_app(engine, store=store, export_dir=tmp_path)
+    async with app.run_test(size=(110, 40)) as pilot:
+        await pilot.pause()
+        app.apply_settings("", 0.6, 0.95, REASONING_MAX_TOKENS, CHAT_THINKING_BUDGET["gguf"])
+    saved = store.get_settings()
+    assert saved["max_tokens"] is None and saved["thinking_budget"] is None
+    tutor = make_app(FakeEngine(context_limit=4096), store=store, export_dir=tmp_path)
+    async with tutor.run_test(size=(110, 40)) as pilot:
+        await pilot.pause()
+        assert (tutor.params.max_tokens, tutor.params.thinking_budget) == (DEFAULT_MAX_TOKENS, 0)
     assert parse_args(["--thinking-budget", "100"]).thinking_budget == 100
     with pytest.raises(SystemExit):
         parse_args(["--thinking-budget", "-1"])

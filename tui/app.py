@@ -68,14 +68,14 @@ class PhiflashApp(App):
         self.store = store or HistoryStore.default()
         saved = self.store.get_settings()
         self.params = params or GenerationParams(
-            max_tokens=saved.get("max_tokens", DEFAULT_MAX_TOKENS),
+            max_tokens=saved.get("max_tokens") or DEFAULT_MAX_TOKENS,
             temperature=saved.get("temperature", DEFAULT_TEMP),
             top_p=saved.get("top_p", DEFAULT_TOP_P),
-            thinking_budget=saved.get("thinking_budget", 0),
+            thinking_budget=saved.get("thinking_budget") or 0,
         )
         # limits the user chose (saved or given); the others follow the engine when it loads
         self.chosen = (
-            {k for k in ("max_tokens", "thinking_budget") if k in saved}
+            {k for k in ("max_tokens", "thinking_budget") if saved.get(k) is not None}
             if params is None
             else {"max_tokens", "thinking_budget"}
         )
@@ -185,11 +185,21 @@ class PhiflashApp(App):
         max_tokens: int,
         thinking_budget: int | None = None,
     ):
-        if thinking_budget is not None:
-            self.params.thinking_budget = thinking_budget
-            self.store.put_settings({"thinking_budget": thinking_budget})
-            self.chosen.add("thinking_budget")
-        self.chosen.add("max_tokens")
+        # a limit equal to this engine's default is saved as "default" (None), so it follows
+        # the next model (the tutor's 2048 tokens must not cut the real model's reasoning)
+        limit = int(getattr(self.engine, "context_limit", 0) or 0)
+        defaults = {
+            "max_tokens": default_max_tokens(limit) if limit else DEFAULT_MAX_TOKENS,
+            "thinking_budget": chat_thinking_budget(getattr(self.engine, "name", ""), limit),
+        }
+        chosen = {"max_tokens": max_tokens, "thinking_budget": thinking_budget}
+        for key, value in chosen.items():
+            if value is None:
+                continue
+            setattr(self.params, key, value)
+            keep = value != defaults[key]
+            self.store.put_settings({key: value if keep else None})
+            (self.chosen.add if keep else self.chosen.discard)(key)
         self.system_prompt = system_prompt
         self.params.temperature = temp
         self.params.top_p = top_p
@@ -201,7 +211,6 @@ class PhiflashApp(App):
                 "system_prompt": system_prompt,
                 "temperature": temp,
                 "top_p": top_p,
-                "max_tokens": max_tokens,
             }
         )
 
