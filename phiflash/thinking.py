@@ -18,9 +18,16 @@ THINK_CLOSE = "</think>"
 _TAIL = 2 * len(THINK_CLOSE)
 
 
+ASSISTANT = "<|assistant|>"  # where the reply starts in the model's chat template
+
+
 def opens_thinking(prompt_text: str) -> bool:
-    """True when the prompt itself ends inside a think block (a template that opens it)."""
-    return prompt_text.rfind(THINK_OPEN) > prompt_text.rfind(THINK_CLOSE)
+    """True when the prompt itself ends inside a think block (a template that opens it).
+
+    Only the text after the last ``<|assistant|>`` counts: an earlier reply that was stopped
+    while thinking leaves an open block in the history, not in the reply being made."""
+    tail = prompt_text.rsplit(ASSISTANT, 1)[-1]
+    return tail.rfind(THINK_OPEN) > tail.rfind(THINK_CLOSE)
 
 
 class ThinkingBudget:

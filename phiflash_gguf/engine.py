@@ -254,7 +254,7 @@ class GGUFEngine:
             return self.llm.detokenize([tok]).decode("utf-8", "replace")
 
         close = self.llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=False)
-        tail = self.llm.detokenize(ids[-64:]).decode("utf-8", "replace")
+        tail = self.llm.detokenize(ids[-64:], special=True).decode("utf-8", "replace")
         return ThinkingBudget(n, close, piece, inside=opens_thinking(tail))
 
     def _chunk(self, text, tok, n_prompt, prompt_tps, n_gen, t_gen, finish) -> Chunk:

@@ -35,7 +35,8 @@ class BudgetLogitsProcessor:
         total = len(input_ids)
         if self.budget is None:  # the first call: the prompt
             tail = [int(t) for t in input_ids[-_PROMPT_TAIL:]]
-            inside = opens_thinking(self.llm.detokenize(tail).decode("utf-8", "replace"))
+            text = self.llm.detokenize(tail, special=True).decode("utf-8", "replace")
+            inside = opens_thinking(text)
             self.budget = ThinkingBudget(self.n, self.ids, self._decode, inside)
         elif total > self._seen:
             for t in input_ids[self._seen :]:

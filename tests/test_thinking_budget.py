@@ -79,6 +79,8 @@ def test_state_machine_no_limit_and_natural_close():
 def test_prompt_that_opens_the_block():
     assert opens_thinking("<|assistant|><think>")
     assert not opens_thinking("<|assistant|><think>a</think>b<|end|><|assistant|>")
+    # an earlier reply stopped while thinking: its open block is history, not this reply's
+    assert not opens_thinking("<|assistant|><think>a<|end|><|user|>go on<|end|><|assistant|>")
     pieces = {3: "x", 10: "</", 11: "think", 12: ">"}
     tb = ThinkingBudget(1, [10, 11, 12], pieces.__getitem__, inside=True)
     tb.feed(3)
@@ -254,3 +256,25 @@ def test_gguf_budget_in_llama_cpp_pythons_own_loop(gguf_engine):
         assert capped.split("</think>")[0] != free.split("</think>")[0]
     finally:
         gguf_engine.reset()
+
+
+@pytest.mark.parametrize("which", ["mlx", "gguf"])
+def test_prompt_that_opened_the_block_counts_from_the_first_token(which, request):
+    """A template that ends its generation prompt with <think>: the budget counts from the
+    first generated token."""
+    engine = request.getfixturevalue(f"{which}_engine")
+    decode = _decoder(engine)
+    prompt = engine.apply_chat_template(QUESTION) + "<think>"
+    engine.reset()
+    chunks = list(
+        engine.stream_prompt(
+            prompt, GenerationParams(max_tokens=60, temperature=0, thinking_budget=4)
+        )
+    )
+    ids = [c.token for c in chunks]
+    text = "".join(decode(t) for t in ids)
+    assert "</think>" in text
+    close = _close_ids(engine)
+    start = next(i for i in range(len(ids)) if ids[i : i + len(close)] == close)
+    assert start <= 4 and text.split("</think>", 1)[1].strip()
+    engine.reset()
