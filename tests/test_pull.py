@@ -181,3 +181,19 @@ def test_bad_names_one_line(env, capsys):
     with pytest.raises(SystemExit):
         cli_main(["pull", "--format", "gguf-q2_k"])
     assert load_manifest() == []
+
+
+def test_force_and_a_pull_cut_before_its_manifest(env, capsys):
+    store, _ = env
+    args = ["pull", "phi4-flash", "--format", "gguf-q8_0", "--quiet"]
+    assert cli_main(args) == 0
+    [entry] = load_manifest()
+    first = entry.abs_path().stat().st_mtime_ns
+    assert cli_main([*args, "--force"]) == 0  # converted again, still one entry
+    [again] = load_manifest()
+    assert again.abs_path() == entry.abs_path() and again.abs_path().stat().st_mtime_ns != first
+    # a pull killed after converting but before writing the manifest: the next one redoes it
+    (store / "manifest.json").unlink()
+    assert cli_main(args) == 0
+    assert [e.name for e in load_manifest()] == ["phi-4-mini-flash-reasoning:gguf-q8_0"]
+    assert len(list(store.rglob("*.gguf"))) == 1
