@@ -381,13 +381,13 @@ def write_float_gguf(ck: Checkpoint, out_path: Path, outtype: str, progress: boo
     add_sambay_metadata(w, ck.cfg, ck.lay, ck.lambdas, ck.n_vocab)
     add_tokenizer(w, ck.path, ck.cfg, ck.n_vocab)
 
-    cast = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16}.get(outtype)
+    cast_to = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16}.get(outtype)
     source = {"F32": T.F32, "F16": T.F16, "BF16": T.BF16}
 
     def out_type(p: Planned):
         if p.force_f32 or len(p.ref.shape) < 2:
             return T.F32
-        return cast if cast is not None else source[p.ref.dtype]
+        return cast_to if cast_to is not None else source[p.ref.dtype]
 
     np_dtype = {T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16}
     for p in ck.plan:
@@ -401,38 +401,40 @@ def write_float_gguf(ck: Checkpoint, out_path: Path, outtype: str, progress: boo
             raw_dtype=t if t == T.BF16 else None,
         )
 
-    w.write_header_to_file(out_path)
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    label = "16-bit intermediate" if cast is None else outtype.upper()
-    bar = tqdm(
-        total=sum(p.ref.nbytes for p in ck.plan),
-        unit="B",
-        unit_scale=True,
-        desc=f"writing {label}",
-        disable=not progress,
-    )
+    try:
+        w.write_header_to_file(out_path)
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        label = "16-bit intermediate" if cast_to is None else outtype.upper()
+        bar = tqdm(
+            total=sum(p.ref.nbytes for p in ck.plan),
+            unit="B",
+            unit_scale=True,
+            desc=f"writing {label}",
+            disable=not progress,
+        )
 
-    def as_type(a: np.ndarray, t) -> np.ndarray:
-        if t == T.BF16:
-            return f32_to_bf16_bits(a)
-        return a.astype(np_dtype[t], copy=False)
+        def as_type(a: np.ndarray, t) -> np.ndarray:
+            if t == T.BF16:
+                return f32_to_bf16_bits(a)
+            return a.astype(np_dtype[t], copy=False)
 
-    for p in ck.plan:
-        t = out_type(p)
-        if not p.transform and source.get(p.ref.dtype) == t:
-            data = p.ref.load()  # same type: the mapped bytes, no copy
-        elif p.transform or len(p.shape) < 2:
-            data = as_type(p.f32(), t)  # small tensors
-        else:  # cast a block of rows at a time: peak memory ~ the output tensor, not 3x it
-            src, data = p.ref.load(), np.empty(p.shape, dtype=np_dtype[t])
-            step = max(1, _CAST_BLOCK_BYTES // max(1, src[0].nbytes))
-            for r in range(0, p.shape[0], step):
-                data[r : r + step] = as_type(to_f32(src[r : r + step], p.ref.dtype), t)
-        w.write_tensor_data(data)
-        bar.update(p.ref.nbytes)
-    bar.close()
-    w.close()
+        for p in ck.plan:
+            t = out_type(p)
+            if not p.transform and source.get(p.ref.dtype) == t:
+                data = p.ref.load()  # same type: the mapped bytes, no copy
+            elif p.transform or len(p.shape) < 2:
+                data = as_type(p.f32(), t)  # small tensors
+            else:  # cast a block of rows at a time: peak memory ~ the output tensor, not 3x it
+                src, data = p.ref.load(), np.empty(p.shape, dtype=np_dtype[t])
+                step = max(1, _CAST_BLOCK_BYTES // max(1, src[0].nbytes))
+                for r in range(0, p.shape[0], step):
+                    data[r : r + step] = as_type(to_f32(src[r : r + step], p.ref.dtype), t)
+            w.write_tensor_data(data)
+            bar.update(p.ref.nbytes)
+        bar.close()
+    finally:
+        w.close()  # also on an error or Ctrl-C, so the temp file can be removed
 
 
 # ---------------------------------------------------------------------------------------------
