@@ -19,7 +19,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import BaseModelArgs, create_causal_mask
-from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache
+from mlx_lm.models.cache import ArraysCache, BatchKVCache, KVCache, RotatingKVCache
 
 
 @dataclass
@@ -417,7 +417,21 @@ def attention_mask(cache, T: int, window: int | None):
     Batch caches (``BatchKVCache``, ``BatchRotatingKVCache``) give a boolean mask that hides
     each row's padded slots; plain caches give None for one token and "causal" (or a windowed
     array) otherwise, so batch-1 decoding builds no mask at all.
+
+    One-token steps over a ``BatchKVCache`` (the global K/V, read by the global and every cross
+    layer) get no array: MLX's fused one-query attention takes none (an array mask falls back
+    to an unfused path, ~5x slower at long context on MLX-CUDA). They get None when no row is
+    padded, else runs ``[(first row, end row, padding)]`` of rows with equal left padding, each
+    attending to its unpadded slice.
     """
+    if T == 1 and window is None and isinstance(cache, BatchKVCache):
+        pads = [max(0, p) for p in cache.left_padding.tolist()]  # B ints, evaluated already
+        runs, start = [], 0
+        for i in range(1, len(pads) + 1):
+            if i == len(pads) or pads[i] != pads[start]:
+                runs.append((start, i, pads[start]))
+                start = i
+        return None if len(runs) == 1 and runs[0][2] == 0 else runs
     if cache is not None:
         return cache.make_mask(T, window_size=window, return_array=False)
     if T == 1:
@@ -489,7 +503,16 @@ class DiffAttention(nn.Module):
         step = T == 1 and not self.training
         q = (_pair_queries_step if step else _pair_queries)(q, m, g, hd)
 
-        o = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
+        if isinstance(mask, list):  # runs of rows with equal left padding (attention_mask)
+            sdpa = mx.fast.scaled_dot_product_attention
+            o = mx.concatenate(
+                [
+                    sdpa(q[a:e], keys[a:e, :, p:], values[a:e, :, p:], scale=self.scale)
+                    for a, e, p in mask
+                ]
+            )
+        else:
+            o = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
 
         ica = self.inner_cross_attn
         o = (_combine_step if step else _combine)(
