@@ -105,6 +105,22 @@ def row_cache(model, ctx: int, dtype=mx.bfloat16):
     return out
 
 
+def row_view(row, n: int):
+    """`row` cut to its first `n` tokens (views: no new K/V arrays)."""
+    out = []
+    for c in row:
+        if isinstance(c, KVCache):
+            v = KVCache()
+            v.keys, v.values, v.offset = c.keys[..., :n, :], c.values[..., :n, :], n
+        elif isinstance(c, RotatingKVCache):
+            v = RotatingKVCache(max_size=c.max_size)
+            v.keys, v.values, v.offset, v._idx = c.keys, c.values, n, c._idx
+        else:
+            v = c
+        out.append(v)
+    return out
+
+
 def largest_batch(model, ctx: int, mem_gb: float, cap: int) -> int:
     """Rows that fit: BatchGenerator holds each row's cache twice for a moment (it deep-copies
     the merged batch when prompt processing hands it to generation, and BatchKVCache grows by
@@ -114,9 +130,13 @@ def largest_batch(model, ctx: int, mem_gb: float, cap: int) -> int:
     return max(1, min(cap, int(free // (held + max(held, grow)))))
 
 
-def batch_decode(model, ctx: int, batch: int, steps: int, warmup: int, vocab: int) -> dict:
-    """tok/s of `batch` rows at `ctx` through BatchGenerator, rows handed in as caches."""
+def batch_decode(model, ctx, batch, steps, warmup, vocab, ragged=False) -> dict:
+    """tok/s of `batch` rows at `ctx` through BatchGenerator, rows handed in as caches.
+
+    `ragged`: row i holds ctx - i * ctx // (8 * batch) tokens, so every row has its own left
+    padding in the merged batch (the mean context is ~6% below ctx)."""
     row = row_cache(model, ctx)
+    lengths = [ctx - (i * ctx // (8 * batch) if ragged else 0) for i in range(batch)]
     gen = BatchGenerator(
         model,
         sampler=greedy,
@@ -125,7 +145,7 @@ def batch_decode(model, ctx: int, batch: int, steps: int, warmup: int, vocab: in
         max_tokens=warmup + steps + 8,
     )
     prompts = [[int(t)] for t in mx.random.randint(0, vocab, (batch,)).tolist()]
-    uids = gen.insert(prompts, caches=[list(row) for _ in range(batch)])
+    uids = gen.insert(prompts, caches=[row_view(row, n) for n in lengths])
     del row
     n = 0
     for _ in range(warmup + 4):  # merge, first step, compiling, the cache's first growth
@@ -147,7 +167,7 @@ def batch_decode(model, ctx: int, batch: int, steps: int, warmup: int, vocab: in
     del gen
     gc.collect()
     mx.clear_cache()
-    return {"tok_s": tokens / dt, "step_ms": 1e3 * dt / steps}
+    return {"tok_s": tokens / dt, "step_ms": 1e3 * dt / steps, "mean_ctx": sum(lengths) / batch}
 
 
 def solo_decode(model, ctx: int, n: int) -> float:
@@ -179,7 +199,7 @@ def batch1_check(model, args) -> dict:
         other.load_weights(tree_flatten(model.parameters()))
         other.eval()
         out["baseline_tok_s"] = []
-    for _ in range(3):  # alternate, so drift hits both alike
+    for _ in range(args.solo_reps):  # alternate, so drift hits both alike
         out["tok_s"].append(solo_decode(model, 2048, args.solo_tokens))
         if other is not None:
             out["baseline_tok_s"].append(solo_decode(other, 2048, args.solo_tokens))
@@ -203,13 +223,16 @@ def bench(name, build, quant, args, vocab, bw, results, save):
         results["batch1"] = batch1_check(model, args)
         print("batch-1", json.dumps(results["batch1"]), flush=True)
         save()
-    for ctx in args.contexts:
+    points = [(ctx, False) for ctx in args.contexts]
+    if name == "sambay" and quant in args.ragged:
+        points += [(ctx, True) for ctx in args.contexts]
+    for ctx, ragged in points:
         batch = largest_batch(model, ctx, args.mem_gb, args.max_batch)
         mx.reset_peak_memory()
-        r = batch_decode(model, ctx, batch, args.steps, args.warmup, vocab)
-        step_bytes = wbytes + batch * cache_bytes_per_token(model, ctx)
+        r = batch_decode(model, ctx, batch, args.steps, args.warmup, vocab, ragged)
+        step_bytes = wbytes + batch * cache_bytes_per_token(model, round(r["mean_ctx"]))
         row = {
-            "model": name,
+            "model": name + (" ragged" if ragged else ""),
             "quant": quant,
             "ctx": ctx,
             "batch": batch,
@@ -261,12 +284,17 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch", type=int, default=96, help="cap on the batch (default 96)")
     p.add_argument("--steps", type=int, default=24, help="timed decode steps per point")
     p.add_argument("--warmup", type=int, default=4, help="untimed decode steps per point")
+    p.add_argument(
+        "--ragged", default="bf16", help="quants whose SambaY points also run ragged rows"
+    )
     p.add_argument("--solo-tokens", type=int, default=64, help="batch-1 decode tokens (0: skip)")
+    p.add_argument("--solo-reps", type=int, default=3, help="batch-1 repetitions")
     p.add_argument("--baseline-model-file", default=None, help="SambaY model file to compare")
     p.add_argument("--mem-gb", type=float, default=None, help="device memory (default: MLX's)")
     p.add_argument("--out", default=None, help="write all numbers as JSON here")
     args = p.parse_args(argv)
     args.contexts = [int(x) for x in args.contexts.split(",")]
+    args.ragged = [q for q in args.ragged.split(",") if q]
     info = {"mlx": mx.__version__, "device": str(mx.default_device())}
     dev = mx.device_info()
     info["device_info"] = {k: v for k, v in dev.items() if isinstance(v, (int, float, str))}
