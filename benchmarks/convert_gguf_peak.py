@@ -19,18 +19,6 @@ from pathlib import Path
 
 import _common
 
-SIZE_KEYS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "sliding_window",
-    "max_position_embeddings",
-)
-
-
 def _tree(pid: int) -> list[int]:
     """``pid`` and its descendants (Linux /proc)."""
     kids: dict[int, list[int]] = {}
@@ -77,10 +65,13 @@ def main() -> int:
     sys.path.insert(0, str(_common.ROOT / "tests"))
     from test_gguf_errors import write_random_checkpoint
 
+    from phiflash.checkpoint import REQUIRED_SIZES
+
     ckpt = args.workdir / "ckpt"
     if not ckpt.exists():
         real = json.loads(_common.REAL_CONFIG.read_text())
-        write_random_checkpoint(ckpt, **{k: real[k] for k in SIZE_KEYS})
+        keys = (*REQUIRED_SIZES, "sliding_window", "max_position_embeddings")
+        write_random_checkpoint(ckpt, **{k: real[k] for k in keys})
     out_dir = args.workdir / "out"
     out_dir.mkdir(exist_ok=True)
     out = out_dir / f"model-{args.outtype}.gguf"
