@@ -19,6 +19,7 @@ from pathlib import Path
 
 import _common
 
+
 def _tree(pid: int) -> list[int]:
     """``pid`` and its descendants (Linux /proc)."""
     kids: dict[int, list[int]] = {}
