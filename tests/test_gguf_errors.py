@@ -509,16 +509,20 @@ def test_kill_9_leftovers_removed_by_next_run(tmp_path, medium_ckpt):
     assert sorted(p.name for p in out_dir.iterdir()) == ["tiny.gguf"]
 
 
-def test_ctrl_c_during_mlx_convert_leaves_nothing(tmp_path, medium_ckpt):
-    """`phiflash convert` interrupted while writing its temp dir: exit 130, nothing left."""
+@pytest.mark.parametrize("cmd", ["convert", "convert-gguf"])
+def test_ctrl_c_while_writing_leaves_nothing(tmp_path, medium_ckpt, cmd):
+    """Interrupted while writing its temp file/dir (float32, ~1 GB): exit 130, nothing left."""
     import signal
     import time
 
     out_dir = tmp_path / "out"
     out_dir.mkdir()
+    if cmd == "convert":
+        args = ["--mlx-path", str(out_dir / "m"), "--dtype", "float32", "--no-progress"]
+    else:
+        args = ["--outfile", str(out_dir / "m.gguf"), "--outtype", "f32", "--quiet"]
     proc = subprocess.Popen(
-        [*CMD, "convert", "--hf-path", str(medium_ckpt), "--mlx-path", str(out_dir / "m")]
-        + ["--dtype", "float32", "--no-progress"],
+        [*CMD, cmd, "--hf-path", str(medium_ckpt), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=ENV,
