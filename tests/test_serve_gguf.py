@@ -6,6 +6,7 @@ fixture. Temperature 0 unless a test is about sampling.
 """
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,19 @@ def test_fixed_system_prompt_and_queue_limit(tutor_gguf, engine, tmp_path):
                 assert answer(body)[1] == "stop"
         assert s.wait_idle()  # every admitted request counted out again
         assert s.chat(user(QUESTIONS[3]), max_tokens=200, temperature=0)[0] == 200
+
+
+def test_fork_graph_decodes_several_sequences_in_one_batch(tutor_gguf):
+    """What a multi-sequence CPU server (llama-server --parallel) needs from the fork's graph:
+    prompts of different lengths decoded as sequences of one context, then one llama_decode
+    per step with a row per sequence, give every sequence its solo tokens."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_gguf_multiseq import Batch, check, open_context
+
+    from phiflash_gguf.build import ensure_llama_cpp
+
+    engine, llm = open_context(str(tutor_gguf), n_seq=3, n_ctx=1024, threads=2)
+    prompts = [engine.tokenize(engine.apply_chat_template(user(q))) for q in QUESTIONS[:3]]
+    assert len({len(p) for p in prompts}) == 3
+    same, gap = check(Batch(ensure_llama_cpp(), llm), prompts, steps=24)
+    assert same == [True, True, True], gap
