@@ -173,3 +173,14 @@ def test_cli_dispatch(monkeypatch):
     monkeypatch.setattr(eval_math, "main", lambda argv: seen.append(argv) or 0)
     assert cli.main(["eval-math", "--n", "3"]) == 0
     assert seen == [["--n", "3"]]
+
+
+def test_the_chat_check_is_measured_against_math_verify():
+    problems = eval_set("problems", 16, kinds=("add", "sub", "mul", "linear"))
+    res = evaluate(_oracle(problems, wrong_kinds=("mul",)), problems, progress=False)
+    c = res["check"]
+    assert c["checked"] + c["differs"] + c["none"] == 16
+    assert c["differs"] == 4 and c["checked"] == 12  # the wrong products, flagged
+    assert c["false_differs"] == 0 and c["false_checked"] == 0
+    assert all(f["mark"].startswith("differs ✗") for f in res["failures"])
+    assert "0 false ✗" in format_table(res)

@@ -61,6 +61,10 @@ PLACES = (
     "hundred thousands",
     "millions",
     "ten millions",
+    "hundred millions",
+    "billions",
+    "ten billions",
+    "hundred billions",
 )
 
 # What the tutor says it can do (refusals).
@@ -1078,6 +1082,8 @@ def _gen_followup(rng: random.Random, phrasing: str, split: str = "train") -> di
     op = rng.choice(("+", "-", "×", "÷"))
     if op in "+-":
         k = max(1, _rand_digits(rng, rng.choice((1, 1, 2, 2, 3))))
+    elif op == "×" and abs(prev) >= 10**6:
+        op, k = "+", rng.randint(1, 999)
     elif op == "×":
         k = rng.randint(2, 12 if abs(prev) < 10000 else 9)
     else:

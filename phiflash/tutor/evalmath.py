@@ -23,6 +23,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 from phiflash.engine import DEFAULT_MAX_TOKENS, Engine, GenerationParams
 from phiflash.tutor.answers import extract_boxed
+from phiflash.tutor.check import check_answer
 from phiflash.tutor.data import EVAL_SETS, KINDS, prompt_messages
 
 DEFAULT_N = 100  # per eval set
@@ -36,7 +37,12 @@ def greedy_params(max_tokens: int = DEFAULT_MAX_TOKENS) -> GenerationParams:
 
 
 def _verify(gold: str, pred: str) -> bool:
+    import logging
+
     from math_verify import parse, verify
+
+    # it warns on every call that its own timeouts are off: we bound the time ourselves
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
 
     g = parse(f"${gold}$", parsing_timeout=None)
     p = parse(f"\\boxed{{{pred}}}", parsing_timeout=None)
@@ -109,9 +115,12 @@ def evaluate(
     :func:`tutor.data.dataset`; those without a ``set`` tag count as ``problems``).
 
     ``params`` defaults to greedy decoding. Returns dict(accuracy, n, correct, per_set,
-    per_kind, failures, tokens, seconds); ``per_set`` and ``per_kind`` map a name to dict(n,
-    correct, accuracy) and ``failures`` lists dict(set, kind, question, gold, pred, reply,
-    finish_reason). ``progress``: a tqdm bar (None = only on a terminal).
+    per_kind, check, failures, tokens, seconds); ``per_set`` and ``per_kind`` map a name to
+    dict(n, correct, accuracy), ``check`` counts the chat's sympy marks on these replies
+    (checked, differs, none) and where they disagree with math-verify (false_differs: ✗ on a
+    right answer, false_checked: ✓ on a wrong one), and ``failures`` lists dict(set, kind,
+    question, gold, pred, reply, finish_reason, mark). ``progress``: a tqdm bar (None = only on a
+    terminal).
     """
     from tqdm import tqdm
 
@@ -120,6 +129,7 @@ def evaluate(
     per_kind: dict[str, dict] = {}
     per_set: dict[str, dict] = {}
     failures = []
+    check = {"checked": 0, "differs": 0, "none": 0, "false_differs": 0, "false_checked": 0}
     correct = tokens = 0
     start = time.perf_counter()
     bar = tqdm(
@@ -132,6 +142,14 @@ def evaluate(
     for i, ex in enumerate(bar):
         out = solve(engine, prompt_messages(ex), params)
         ok, pred = grade(ex, out["reply"], out["finish_reason"])
+        users = [m["content"] for m in ex["messages"] if m["role"] == "user"]
+        mark = check_answer(users[-1], out["reply"], follow_up=len(users) > 1) if users else None
+        if mark is None:
+            check["none"] += 1
+        else:
+            check["checked" if mark.ok else "differs"] += 1
+            check["false_differs"] += int(ok and not mark.ok)
+            check["false_checked"] += int(mark.ok and not ok)
         tokens += out["tokens"]
         name = ex.get("set", "problems")
         _tally(per_kind, ex["kind"], ok)
@@ -147,10 +165,11 @@ def evaluate(
                     "pred": pred,
                     "reply": out["reply"],
                     "finish_reason": out["finish_reason"],
+                    "mark": None if mark is None else mark.badge(),
                 }
             )
         if on_result is not None:
-            on_result({"example": ex, "pred": pred, "correct": ok, **out})
+            on_result({"example": ex, "pred": pred, "correct": ok, "mark": mark, **out})
         bar.set_postfix(acc=f"{correct / (i + 1):.1%}")
     bar.close()
     n = len(problems)
@@ -160,6 +179,7 @@ def evaluate(
         "correct": correct,
         "per_set": _finish(per_set, EVAL_SETS),
         "per_kind": _finish(per_kind, KINDS),
+        "check": check,
         "failures": failures,
         "tokens": tokens,
         "seconds": time.perf_counter() - start,
@@ -179,4 +199,12 @@ def format_table(result: dict) -> str:
     lines.append(f"{'all':<10}{result['n']:>6}{result['correct']:>9}{result['accuracy']:>10.1%}")
     lines += ["", f"{'kind':<10}{'n':>6}{'correct':>9}{'accuracy':>10}", "-" * 35]
     lines += _rows(result["per_kind"])
+    c = result.get("check")
+    if c:
+        lines += [
+            "",
+            f"chat's sympy check on these replies: {c['checked']} checked ✓, {c['differs']} "
+            f"differs ✗, {c['none']} no mark; disagreeing with math-verify: "
+            f"{c['false_differs']} false ✗, {c['false_checked']} false ✓",
+        ]
     return "\n".join(lines)
