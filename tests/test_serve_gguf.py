@@ -5,7 +5,6 @@ Servers run as subprocesses on a free 127.0.0.1 port (tests/serve_util.py), stop
 fixture. Temperature 0 unless a test is about sampling.
 """
 
-import re
 import sys
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from phiflash.remote import RemoteEngine
 
 CAP = 512
 SYSTEM = "You are a math tutor for a class of twelve-year-olds."
-BOXED = {0: "85", 1: "84", 3: "8"}  # the tutor answers these right (alone)
 
 
 @pytest.fixture(scope="session")
@@ -49,17 +47,12 @@ def solo(engine, messages, max_tokens=128, thinking_budget=0):
     return "".join(c.text for c in chunks), chunks[-1].finish_reason
 
 
-def boxed(text):
-    found = re.findall(r"\\boxed\{([^}]*)\}", text)
-    return found[-1] if found else None
-
-
 def test_chat_completion_is_the_engines_answer(server, engine, tutor_gguf):
     status, resp = server.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
     assert status == 200, resp
     text, finish = answer(resp)
     assert (text, finish) == solo(engine, user(QUESTIONS[0]))
-    assert finish == "stop" and boxed(text) == "85"
+    assert finish == "stop"  # a whole answer
     assert resp["model"] == Path(tutor_gguf).name
     assert resp["usage"]["prompt_tokens"] == engine.count_tokens(user(QUESTIONS[0]))
 
@@ -71,8 +64,9 @@ def test_streaming_gives_the_same_text_piece_by_piece(server):
     assert events > 10
 
 
-def test_concurrent_requests_queue_and_none_is_cut_off(server):
+def test_concurrent_requests_queue_and_none_is_cut_off(server, engine):
     alone = [answer(server.chat(user(q), max_tokens=200, temperature=0)[1]) for q in QUESTIONS]
+    assert alone == [solo(engine, user(q), max_tokens=200) for q in QUESTIONS]
     # streams first: llama-cpp-python's default (interrupt_requests) would end a running stream
     # as soon as the next request arrives
     streams = concurrently(
@@ -81,7 +75,6 @@ def test_concurrent_requests_queue_and_none_is_cut_off(server):
     for i, (text, finish, _) in enumerate(streams):
         assert finish == "stop", f"stream {i} cut off: {text!r}"
         assert (text, finish) == alone[i]
-        assert boxed(text) == BOXED.get(i, boxed(alone[i][0]))
     together = concurrently(
         lambda q: server.chat(user(q), max_tokens=200, temperature=0), QUESTIONS
     )

@@ -22,6 +22,7 @@ import argparse
 import io
 import json
 import logging
+import threading
 
 from mlx_lm import server as mlx_server
 
@@ -125,7 +126,15 @@ class PinnedModelProvider(mlx_server.ModelProvider):
         from phiflash_mlx import load
 
         self.reset()
+        from phiflash.paths import resolve_model
+        from phiflash_mlx.load import load_tokenizer
+
         model, tokenizer = load(self.model_path, dtype=self._dtype)
+        # the HTTP threads count prompt tokens with their own tokenizer: a fast tokenizer used
+        # by two threads at once can fail ("Already borrowed"), and the generation thread
+        # tokenizes with the other one
+        self.counting_tokenizer = load_tokenizer(resolve_model(self.model_path))
+        self.counting_lock = threading.Lock()
         self.model_key = (DEFAULT_MODEL, None, None)
         self.model, self.tokenizer = model, tokenizer
         self.processor = None
@@ -230,14 +239,16 @@ class ClassroomHandler(mlx_server.APIHandler):
         return request
 
     def _prompt_tokens(self, body: dict) -> int:
-        tokenizer = self.response_generator.model_provider.tokenizer
-        if "messages" in body:
-            return len(
-                tokenizer.apply_chat_template(
-                    body["messages"], add_generation_prompt=True, tokenize=True
+        provider = self.response_generator.model_provider
+        tokenizer = provider.counting_tokenizer
+        with provider.counting_lock:
+            if "messages" in body:
+                return len(
+                    tokenizer.apply_chat_template(
+                        body["messages"], add_generation_prompt=True, tokenize=True
+                    )
                 )
-            )
-        return len(tokenizer.encode(body["prompt"]))
+            return len(tokenizer.encode(body["prompt"]))
 
     def _check_context(self, body: dict, params: GenerationParams) -> None:
         """The project's one overflow rule, before the request is queued."""
