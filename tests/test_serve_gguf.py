@@ -207,3 +207,21 @@ def test_fork_graph_decodes_several_sequences_in_one_batch(tutor_gguf):
     assert len({len(p) for p in prompts}) == 3
     same, gap = check(Batch(ensure_llama_cpp(), llm), prompts, steps=24)
     assert same == [True, True, True], gap
+
+
+def test_a_stopped_stream_frees_the_server(server, engine):
+    """The chat's Esc: the client closes the stream; the server stops that request and the
+    next one is answered in full."""
+    remote = RemoteEngine(server.url, api_key=server.api_key)
+    seen = []
+
+    def stop():
+        return len(seen) >= 3
+
+    params = GenerationParams(max_tokens=200, temperature=0.0)
+    for chunk in remote.stream(user(QUESTIONS[2]), params, should_stop=stop):
+        seen.append(chunk)
+    assert seen[-1].finish_reason == "cancelled" and len(seen) == 4
+    assert server.wait_idle()
+    status, resp = server.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
+    assert status == 200 and answer(resp) == solo(engine, user(QUESTIONS[0]))
