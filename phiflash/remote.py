@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
-from phiflash.engine import Chunk, GenerationParams, Message
+from phiflash.engine import Chunk, GenerationParams, Message, chat_thinking_budget
 from phiflash.errors import ContextLengthError, ModelLoadError, PhiflashError
 
 EXTENSION = "phiflash"  # the key phiflash serve adds to each /v1/models entry
@@ -76,6 +76,13 @@ class RemoteEngine:
         self.context_limit = int(ext.get("context_limit") or 0)
         self.server_info = ext
         self._count_path = ext.get("count_tokens")
+        # what the chat uses unless the user chose (None: a stock server, the chat's own)
+        self.default_max_tokens = ext.get("default_max_tokens")
+        self.default_thinking_budget = None
+        if ext.get("thinking_budget"):
+            budget = chat_thinking_budget(str(ext.get("engine")), self.context_limit)
+            cap = ext.get("thinking_budget_cap")
+            self.default_thinking_budget = min(budget, cap) if budget and cap else budget or 0
 
     # -- HTTP ---------------------------------------------------------------------------------
     def _connect(self) -> http.client.HTTPConnection:

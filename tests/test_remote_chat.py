@@ -43,7 +43,7 @@ class RecordingRemote(RemoteEngine):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-chat") / "server.log"
-    with Server(DEFAULT_MODEL_DIR, log) as s:
+    with Server(DEFAULT_MODEL_DIR, log, "--max-tokens-cap", "1024") as s:
         yield s
 
 
@@ -73,12 +73,14 @@ def test_chat_asks_streams_stops_and_keeps_history(server, tmp_path):
     async def body():
         store = HistoryStore(tmp_path / "h.sqlite3")
         app = make_app(engine_factory=factory, store=store, export_dir=tmp_path)
-        app.params.temperature = 0.0
-        app.params.max_tokens = 200
         async with app.run_test(size=(110, 40)) as pilot:
             await wait_until(pilot, lambda: app.engine is not None or app.load_error)
             assert app.load_error is None
             engine = engines[0]
+            await pilot.pause()
+            # the chat's defaults come from the server (its cap), not the local engine rule
+            assert app.params.max_tokens == engine.default_max_tokens == 1024
+            app.params.temperature, app.params.max_tokens = 0.0, 200
 
             # ask: the answer streams in, the think block folds, the stats are the server's
             await ask(pilot, QUESTIONS[0])
@@ -142,8 +144,11 @@ def test_remote_engine_refusals_are_one_line(server):
     with pytest.raises(PhiflashError, match="does not serve"):
         RemoteEngine(server.url, api_key=KEY, model="other-model")
     engine = RemoteEngine(server.url + "/v1/", api_key=KEY)  # an OpenAI base URL works too
-    with pytest.raises(ContextLengthError, match="context of 4096"):
+    with pytest.raises(RemoteError, match="cap of 1024"):
         list(engine.stream(user("2+3"), GenerationParams(max_tokens=10**6)))
+    long = user("1 + " * 1300 + "1 = ?")  # ~3,900 tokens: fits alone, not with 1024 more
+    with pytest.raises(ContextLengthError, match="context of 4096"):
+        list(engine.stream(long, GenerationParams(max_tokens=1024)))
     with pytest.raises(RemoteError, match="answered 400: top_p"):
         list(engine.stream(user("2+3"), GenerationParams(max_tokens=8, top_p=0.0)))
 

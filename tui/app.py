@@ -140,9 +140,14 @@ class PhiflashApp(App):
         budget); and, once, a word when MLX runs a quantized model without a GPU."""
         limit = int(getattr(engine, "context_limit", 0) or 0)
         if "max_tokens" not in self.chosen and limit:
-            self.params.max_tokens = default_max_tokens(limit)
+            # a server's own default first (RemoteEngine: within the server's cap)
+            server_default = getattr(engine, "default_max_tokens", None)
+            self.params.max_tokens = server_default or default_max_tokens(limit)
         if "thinking_budget" not in self.chosen and limit:
-            self.params.thinking_budget = chat_thinking_budget(engine.name, limit)
+            budget = getattr(engine, "default_thinking_budget", None)
+            if budget is None:
+                budget = chat_thinking_budget(engine.name, limit)
+            self.params.thinking_budget = budget
         if getattr(engine, "name", "") == "mlx":
             from phiflash.engines import slow_path_notice
 

@@ -16,7 +16,13 @@ import hmac
 import threading
 from dataclasses import dataclass, field
 
-from phiflash.engine import DEFAULT_MAX_TOKENS, DEFAULT_TEMP, DEFAULT_TOP_P, GenerationParams
+from phiflash.engine import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TEMP,
+    DEFAULT_TOP_P,
+    GenerationParams,
+    default_max_tokens,
+)
 from phiflash.errors import PhiflashError
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
@@ -70,8 +76,12 @@ class Classroom:
 
     @property
     def default_max_tokens(self) -> int:
-        """New tokens for a request that names no max_tokens: the engine default, capped."""
-        return min(DEFAULT_MAX_TOKENS, self.max_tokens_cap or DEFAULT_MAX_TOKENS)
+        """New tokens for a request that names no max_tokens: the project's default for this
+        model's context (phiflash.engine.default_max_tokens), capped."""
+        default = (
+            default_max_tokens(self.context_limit) if self.context_limit else DEFAULT_MAX_TOKENS
+        )
+        return min(default, self.max_tokens_cap or default)
 
     # -- authentication ----------------------------------------------------------------------
     def check_key(self, authorization: str | None) -> None:
