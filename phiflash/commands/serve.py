@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from phiflash.console import command_main
-from phiflash.engine import DEFAULT_MAX_TOKENS
+from phiflash.engine import DEFAULT_MAX_TOKENS, REASONING_CONTEXT, REASONING_MAX_TOKENS
 from phiflash.errors import PhiflashError
 from phiflash.paths import RESOLUTION_HELP
 
@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-tokens-cap",
         type=int,
-        help=f"most new tokens a request may ask for (default: no cap; requests that name none "
-        f"get min({DEFAULT_MAX_TOKENS}, cap))",
+        help=f"most new tokens a request may ask for (default: no cap); requests that name none "
+        f"get the chat's default ({DEFAULT_MAX_TOKENS}, {REASONING_MAX_TOKENS} for a model with "
+        f"a {REASONING_CONTEXT}-token context), capped",
     )
     p.add_argument(
         "--thinking-budget-cap",
