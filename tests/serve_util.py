@@ -116,6 +116,10 @@ class Server:
 
     def stream(self, messages, **params):
         """Streamed chat completion: (text, finish_reason, number of content events)."""
+        return self.stream_timed(messages, **params)[:3]
+
+    def stream_timed(self, messages, **params):
+        """:meth:`stream` plus the monotonic times of the first and the last content event."""
         c = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT_S)
         try:
             body = {"messages": messages, "stream": True, **params}
@@ -123,7 +127,7 @@ class Server:
             r = c.getresponse()
             assert r.status == 200, r.read()[:500]
             assert r.getheader("Content-Type", "").startswith("text/event-stream")
-            text, finish, events, done = "", None, 0, False
+            text, finish, events, done, times = "", None, 0, False, []
             for raw in r:
                 line = raw.decode().strip()
                 if not line.startswith("data:"):
@@ -137,11 +141,18 @@ class Server:
                     if piece:
                         text += piece
                         events += 1
+                        times.append(time.monotonic())
                     finish = choice.get("finish_reason") or finish
             assert done, "the stream ended without [DONE]"
-            return text, finish, events
+            return text, finish, events, times[0], times[-1]
         finally:
             c.close()
+
+
+def overlapped(timed: list) -> bool:
+    """True when every stream of ``timed`` (stream_timed results) was still producing tokens
+    when each other one had started: decoded together, not one after another."""
+    return max(t[3] for t in timed) < min(t[4] for t in timed)
 
 
 def answer(resp: dict) -> tuple[str, str]:

@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from serve_util import QUESTIONS, Server, answer, bad_requests, concurrently, user
+from serve_util import (
+    QUESTIONS,
+    Server,
+    answer,
+    bad_requests,
+    concurrently,
+    overlapped,
+    user,
+)
 
 from phiflash.engine import GenerationParams
 from phiflash.paths import DEFAULT_MODEL_DIR
@@ -70,9 +78,10 @@ def test_concurrent_requests_queue_and_none_is_cut_off(server, engine):
     # streams first: llama-cpp-python's default (interrupt_requests) would end a running stream
     # as soon as the next request arrives
     streams = concurrently(
-        lambda q: server.stream(user(q), max_tokens=200, temperature=0), QUESTIONS
+        lambda q: server.stream_timed(user(q), max_tokens=200, temperature=0), QUESTIONS
     )
-    for i, (text, finish, _) in enumerate(streams):
+    assert not overlapped(streams)  # queued: one stream after the other
+    for i, (text, finish, *_) in enumerate(streams):
         assert finish == "stop", f"stream {i} cut off: {text!r}"
         assert (text, finish) == alone[i]
     together = concurrently(

@@ -13,6 +13,7 @@ from serve_util import (
     answer,
     bad_requests,
     concurrently,
+    overlapped,
     user,
 )
 
@@ -73,11 +74,12 @@ def test_concurrent_requests_are_all_answered_in_full(server, engine):
         text, finish = answer(resp)
         assert finish == "stop", f"request {i} cut off: {text!r}"
         assert (text, finish) == alone[i]
-    # streamed at the same time too
+    # streamed at the same time too: decoded together (one batch), each still its solo answer
     streams = concurrently(
-        lambda q: server.stream(user(q), max_tokens=200, temperature=0), QUESTIONS
+        lambda q: server.stream_timed(user(q), max_tokens=200, temperature=0), QUESTIONS
     )
-    assert [(t, f) for t, f, _ in streams] == alone
+    assert [(t[0], t[1]) for t in streams] == alone
+    assert overlapped(streams)
 
 
 @pytest.mark.parametrize("label,kwargs,status,words", bad_requests(str(TINY)))
@@ -184,4 +186,9 @@ def test_fixed_system_prompt_queue_limit_and_one_at_a_time(tmp_path, engine):
             else:
                 assert status == 200 and answer(body)[1] == "stop"
         assert s.wait_idle()  # every admitted request counted out again
+        # --one-at-a-time: two students at once are answered one after the other
+        two = concurrently(
+            lambda q: s.stream_timed(user(q), max_tokens=200, temperature=0), QUESTIONS[:2]
+        )
+        assert not overlapped(two)
         assert s.chat(user(QUESTIONS[3]), max_tokens=200, temperature=0)[0] == 200
