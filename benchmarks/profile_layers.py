@@ -1,10 +1,25 @@
-"""Per-layer-kind timing of one prefill chunk (after 2048 cached tokens) and one decode step.
+"""Per-layer-kind timing of one prefill chunk (after 2048 cached tokens) and one decode step;
+with ``--kernels``, the primitives of one whole decode step instead.
 
 python benchmarks/profile_layers.py [--tokens 2048] [--quick]
+python benchmarks/profile_layers.py --kernels [--ctx 64]
+
+``--kernels`` builds SambaY and mlx-lm's phi3 at Phi-4-mini's layer counts (the quick widths:
+a graph's primitives do not depend on width), fills their caches, runs one decode token
+(logits and every updated cache array, unevaluated) and counts the nodes of that graph as
+``mx.export_to_dot`` writes it: SambaY with its compiled decode steps and with the uncompiled
+path, phi3 as mlx-lm runs it. "kernels" leaves out the primitives that only make a view
+(reshape, transpose, slice, broadcast, ...). The counts are of the graph MLX evaluates on the
+device it runs on: on CPU, attention is MLX's decomposed fallback (a few primitives where a GPU
+runs one fused kernel).
 """
 
 import argparse
+import collections
 import json
+import os
+import re
+import tempfile
 
 import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
@@ -18,11 +33,85 @@ def ms(fn) -> float:
     return mlx_timed(fn) * 1e3
 
 
+VIEWS = {
+    "Broadcast",
+    "ExpandDims",
+    "Squeeze",
+    "Reshape",
+    "Transpose",
+    "Slice",
+    "AsStrided",
+    "Flatten",
+    "Unflatten",
+}
+
+
+def graph_primitives(outputs) -> collections.Counter:
+    """Primitive nodes of the unevaluated graph behind ``outputs`` (by name)."""
+    fd, path = tempfile.mkstemp(suffix=".dot")
+    os.close(fd)
+    try:
+        mx.export_to_dot(path, *outputs)
+        text = open(path).read()
+    finally:
+        os.unlink(path)
+    return collections.Counter(re.findall(r'label ="([^"]+)", shape=rectangle', text))
+
+
+def cache_arrays(cache) -> list:
+    out = []
+    for c in cache:
+        if isinstance(c, ArraysCache):
+            out += [a for a in c.cache if a is not None]
+        else:
+            out += [c.keys, c.values]
+    return out
+
+
+def count_decode(model, ctx: int) -> dict:
+    from bench_mlx import filled_cache
+
+    cache = filled_cache(model, ctx, mx.float32)
+    tok = mx.array([[1]])
+    mx.eval(model(tok, cache=cache))  # first step: traces the compiled functions
+    mx.eval(cache_arrays(cache))
+    logits = model(tok, cache=cache)
+    prims = graph_primitives([logits] + cache_arrays(cache))
+    kernels = sum(n for name, n in prims.items() if name not in VIEWS)
+    return {"primitives": sum(prims.values()), "kernels": kernels, "by_name": dict(prims)}
+
+
+def count_kernels(ctx: int) -> None:
+    from bench_mlx import ours_model, phi3_model
+
+    rows = {}
+    ours = ours_model(True)
+    ours.eval()
+    for label, on in (("sambay uncompiled", False), ("sambay compiled", True)):
+        ours.set_compiled_decode(on)
+        rows[label] = count_decode(ours, ctx)
+    phi = phi3_model(True)
+    phi.eval()
+    rows["phi3 (mlx-lm)"] = count_decode(phi, ctx)
+    print(f"one decode token at context {ctx}, device {mx.default_device()}, MLX {mx.__version__}")
+    print("| model | primitives | kernels (no views) |\n|---|---|---|")
+    for label, r in rows.items():
+        print(f"| {label} | {r['primitives']} | {r['kernels']} |")
+    for label, r in rows.items():
+        top = sorted(r["by_name"].items(), key=lambda kv: -kv[1])
+        print(label, json.dumps(dict(top)))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--kernels", action="store_true", help="count one decode step's primitives")
+    p.add_argument("--ctx", type=int, default=64, help="context for --kernels")
     a = p.parse_args()
+    if a.kernels:
+        count_kernels(a.ctx)
+        return
     args = ModelArgs.from_dict(real_config(a.quick))
     T, H = a.tokens, args.hidden_size
     bf = mx.bfloat16

@@ -503,16 +503,7 @@ class DiffAttention(nn.Module):
         step = T == 1 and not self.training
         q = (_pair_queries_step if step else _pair_queries)(q, m, g, hd)
 
-        if isinstance(mask, list):  # runs of rows with equal left padding (attention_mask)
-            sdpa = mx.fast.scaled_dot_product_attention
-            o = mx.concatenate(
-                [
-                    sdpa(q[a:e], keys[a:e, :, p:], values[a:e, :, p:], scale=self.scale)
-                    for a, e, p in mask
-                ]
-            )
-        else:
-            o = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
+        o = self.attend(q, keys, values, mask)
 
         ica = self.inner_cross_attn
         o = (_combine_step if step else _combine)(
@@ -525,6 +516,18 @@ class DiffAttention(nn.Module):
             g,
         )
         return self.out_proj(o), (keys, values)
+
+    def attend(self, q, keys, values, mask):
+        """Both softmax branches in one attention call; ``mask`` as from attention_mask."""
+        sdpa = mx.fast.scaled_dot_product_attention
+        if isinstance(mask, list):  # runs of rows with equal left padding (attention_mask)
+            return mx.concatenate(
+                [
+                    sdpa(q[a:e], keys[a:e, :, p:], values[a:e, :, p:], scale=self.scale)
+                    for a, e, p in mask
+                ]
+            )
+        return sdpa(q, keys, values, scale=self.scale, mask=mask)
 
 
 @mx.compile
@@ -553,10 +556,51 @@ class DecoderLayer(nn.Module):
             self.attn = DiffAttention(args, layer_idx, cross=kind == "cross")
         self.mlp = MLP(args)
 
+    # Decode steps run as compiled functions of this layer's parameters (see "Compiled decode"
+    # below); set False on a layer (or Model.set_compiled_decode) for the uncompiled path.
+    compiled_decode = True
+
+    def _compiled_step(self, h, cache, memory, shared_kv, mask):
+        """One decode token through the compiled functions, or None where they do not apply
+        (a padded Mamba step, a cache of another kind): the caller then runs the plain path."""
+        fns = self.__dict__.get("_decode_fns")
+        if fns is None:
+            fns = _build_decode_fns(self)
+            object.__setattr__(self, "_decode_fns", fns)
+        kind = self.kind
+        if kind == "gmu":
+            h, hn = fns["layer"](h, memory)
+            return h, memory, shared_kv, hn
+        if kind in ("mamba", "mamba_mem"):
+            if cache is None or not isinstance(mask, (str, type(None))):
+                return None
+            conv_state, state = cache[0], cache[1]
+            if conv_state is None or state is None:
+                return None
+            h, hn, memory, cache[0], cache[1] = fns["layer"](h, conv_state, state)
+            return h, memory, shared_kv, hn
+        attn = self.attn
+        if isinstance(mask, str) and mask == "auto":
+            mask = attention_mask(None if attn.cross else cache, 1, attn.window)
+        if attn.cross:
+            q = fns["pre"](h)
+            keys, values = shared_kv
+        else:
+            q, k, v = fns["pre"](h)
+            keys, values = (k, v) if cache is None else cache.update_and_fetch(k, v)
+            shared_kv = (keys, values)
+        o = attn.attend(q, keys, values, mask)
+        h, hn = fns["post"](h, o)
+        return h, memory, shared_kv, hn
+
     def __call__(self, h, cache=None, memory=None, shared_kv=None, hn=None, mask="auto"):
         """h is the float32 residual stream; norms see it in the weights' dtype (``hn``, when
         the previous decode step already made that cast). ``mask``: see Mamba/DiffAttention
         (a Mamba layer reads "auto" as no padding). Returns (h, memory, shared_kv, hn)."""
+        if h.shape[1] == 1 and self.compiled_decode and not self.training:
+            out = self._compiled_step(h, cache, memory, shared_kv, mask)
+            if out is not None:
+                return out
         norm = self.input_layernorm
         x = norm(h.astype(norm.weight.dtype) if hn is None else hn)
         if self.kind == "gmu":
@@ -575,6 +619,94 @@ class DecoderLayer(nn.Module):
         h = h + o
         x = norm(h.astype(norm.weight.dtype))
         return h + self.mlp(x), memory, shared_kv, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled decode. Each layer's one-token step is traced once into compiled functions whose
+# implicit inputs are the layer's parameters (so reloaded or updated weights are seen) and
+# whose explicit inputs and outputs are the residual stream and the layer's cache arrays:
+# Mamba and GMU layers are one function each (norms, projections, conv, scan, gate, MLP and
+# residuals); attention layers are a function before the cache update (norm, Wqkv, paired
+# queries) and one after the attention call (differential combine with its lambda, sub-norm,
+# out_proj, residual, norm, MLP). The K/V cache update and the attention call stay outside:
+# the cache's length changes every token, and a batch cache brings its own mask.
+
+
+def _diff_lambda(ica: DiffLambda, lambda_init: float):
+    f32 = mx.float32
+    return (
+        mx.exp(mx.sum(ica.lambda_q1.astype(f32) * ica.lambda_k1.astype(f32)))
+        - mx.exp(mx.sum(ica.lambda_q2.astype(f32) * ica.lambda_k2.astype(f32)))
+        + lambda_init
+    )
+
+
+def _build_decode_fns(layer: "DecoderLayer") -> dict:
+    f32 = mx.float32
+    n1, n2, mlp, attn = layer.input_layernorm, layer.post_attention_layernorm, layer.mlp, layer.attn
+
+    def pre_norm(h):
+        return n1(h.astype(n1.weight.dtype))
+
+    def tail(h, o):  # residual, post-attention norm, MLP, residual; hn for the next layer
+        h = h + o
+        h = h + mlp(n2(h.astype(n2.weight.dtype))).astype(f32)
+        return h, h.astype(n1.weight.dtype)
+
+    fns = {}
+    if layer.kind == "gmu":
+
+        def gmu(h, memory):
+            return tail(h, attn(pre_norm(h), memory).astype(f32))
+
+        fns["layer"] = mx.compile(gmu, inputs=layer.state)
+    elif layer.kind in ("mamba", "mamba_mem"):
+        mb = attn
+
+        def mamba(h, conv_state, state):
+            xb, z = mx.split(mb.in_proj(pre_norm(h)), 2, axis=-1)
+            conv = mb.conv1d
+            K = conv.weight.shape[-1]
+            c = conv.bias.astype(f32) if "bias" in conv else 0.0
+            for k in range(K - 1):
+                c = c + conv.weight[:, 0, k].astype(f32) * conv_state[:, k].astype(f32)
+            c = c + conv.weight[:, 0, K - 1].astype(f32) * xb[:, 0].astype(f32)
+            new_conv = mx.concatenate([conv_state[:, 1:], xb], axis=1)
+            u = nn.silu(c).astype(xb.dtype)  # [b, d]
+            dbc = mb.x_proj(u)
+            r, n = mb.dt_rank, mb.d_state
+            dt = softplus(mb.dt_proj(dbc[:, :r]).astype(f32))
+            B, C = dbc[:, r : r + n].astype(f32), dbc[:, r + n :].astype(f32)
+            A = -mx.exp(mb.A_log.astype(f32))
+            y, state = _ssm_step(u.astype(f32), dt, A, B, C, mb.D.astype(f32), state)
+            gated = (y * nn.silu(z[:, 0].astype(f32))).astype(z.dtype)
+            h, hn = tail(h, mb.out_proj(gated)[:, None].astype(f32))
+            return h, hn, y.astype(z.dtype)[:, None], new_conv, state
+
+        fns["layer"] = mx.compile(mamba, inputs=layer.state)
+    else:
+        hd, m = attn.head_dim, attn.n_kv // 2
+        g = attn.n_heads // attn.n_kv
+        ica = attn.inner_cross_attn
+
+        def pre(h):
+            b = h.shape[0]
+            qkv = attn.Wqkv(pre_norm(h))
+            if attn.cross:
+                return _pair_queries(qkv, m, g, hd)
+            q, k, v = mx.split(qkv, [attn.n_heads * hd, (attn.n_heads + attn.n_kv) * hd], -1)
+            k = k.reshape(b, 1, m, 2 * hd).transpose(0, 2, 1, 3)
+            v = v.reshape(b, 1, m, 2 * hd).transpose(0, 2, 1, 3)
+            return _pair_queries(q, m, g, hd), k, v
+
+        def post(h, o):
+            lam = _diff_lambda(ica, attn.lambda_init)
+            o = _combine(o, lam, ica.subln.weight, attn.lambda_init, ica.subln.eps, m, g)
+            return tail(h, attn.out_proj(o).astype(f32))
+
+        fns["pre"] = mx.compile(pre, inputs=layer.state)
+        fns["post"] = mx.compile(post, inputs=layer.state)
+    return fns
 
 
 class Phi4FlashModel(nn.Module):
@@ -635,6 +767,11 @@ class Model(nn.Module):
     @property
     def layers(self):
         return self.model.layers
+
+    def set_compiled_decode(self, on: bool) -> None:
+        """Compiled decode steps (the default) or the uncompiled path, for every layer."""
+        for layer in self.layers:
+            object.__setattr__(layer, "compiled_decode", bool(on))
 
     @property
     def cast_predicate(self):
