@@ -161,6 +161,8 @@ async def test_reasoning_progress_while_thinking(store, tmp_path):
         app.params.thinking_budget = 0
         engine.gate = threading.Semaphore(0)  # drop the releases left over
         await pilot.press("ctrl+n")
+        await wait_until(pilot, lambda: not app.chat_screen.query("AssistantMessage"))
+        await pilot.pause(0.1)  # the old messages are gone before the next one is mounted
         await ask(pilot, app, "2+3", wait=False)
         for _ in range(4):
             engine.gate.release()
