@@ -11,6 +11,7 @@
 # row gets what it gets alone. Quantized K/V (--kv-bits) is not supported: RotatingKVCache has
 # no quantized form, and mlx_lm.server never batches such requests.
 
+import logging
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -133,12 +134,79 @@ def _ssm_step(u, dt, A, B, C, D, state):
 ssm_step = mx.compile(_ssm_step)
 
 
-def ssm_scan_chunked(u, dt, A, B, C, D, state, block: int = 64):
-    """Prompt path: blocks of `block` tokens, each a log-depth (Hillis-Steele) scan.
+@mx.compile
+def _scan_position(s, P, dt, du, B, C, A):
+    """One position of every block at once: s, P [b, nb, d, n]; dt, du [b, nb, d]; B, C
+    [b, nb, n]. P is the product of the block's decays so far (for the carry-in fix-up)."""
+    a = mx.exp(dt[..., None] * A)
+    s = a * s + du[..., None] * B[..., None, :]
+    return s, a * P, (s * C[..., None, :]).sum(axis=-1)
 
-    Only products of decays in (0, 1] are formed, so it is stable for any dt and A; the
-    Python loop runs over blocks, never over tokens, and the graph is differentiable.
+
+@mx.compile
+def _scan_carry(carry, P_end, s_end):
+    return P_end * carry + s_end
+
+
+@mx.compile
+def _scan_fixup(y, P, carry_in, C, D, u):
+    """y + (decay since the block start * the block's incoming state) . C + D u, one position."""
+    return y + (P * carry_in * C[..., None, :]).sum(axis=-1) + D * u
+
+
+def ssm_scan_chunked(u, dt, A, B, C, D, state, block: int = 32, segment: int = 512):
+    """Prompt path for any device: sequential within blocks, all blocks of a segment at once.
+
+    A segment of up to ``segment`` tokens is cut into blocks of ``block`` tokens. Every block
+    is scanned from a zero state at the same time (``block`` steps over all blocks, each also
+    carrying the product of the block's decays so far), the blocks' true incoming states
+    follow from one step per block, and each position then adds its block's incoming state
+    times that product. Only products of decays in (0, 1] are formed, so it is stable for any
+    dt and A, and each decay exp(dt A) is computed once. Segments run one after another, which
+    bounds the temporaries at [b, segment, d, n]. Work is linear in T; Python runs about
+    ``2 * block + segment / block`` steps per segment; differentiable. A position with dt = 0
+    leaves the state unchanged (padding, and the zero-padded tail of the last block).
     """
+    b, T, d = u.shape
+    n = A.shape[1]
+    ys = []
+    for s0 in range(0, T, segment):
+        s1 = min(s0 + segment, T)
+        L = s1 - s0
+        k = min(block, L)
+        nb = -(-L // k)
+        pad = nb * k - L
+
+        def blocks(x, pad=pad, nb=nb, k=k):  # [b, L, c] -> [k, b, nb, c], contiguous
+            if pad:
+                x = mx.pad(x, [(0, 0), (0, pad), (0, 0)])
+            return mx.contiguous(x.reshape(b, nb, k, x.shape[-1]).transpose(2, 0, 1, 3))
+
+        dts, us = dt[:, s0:s1], u[:, s0:s1]
+        dtb, ub, Bb, Cb = blocks(dts), blocks(us), blocks(B[:, s0:s1]), blocks(C[:, s0:s1])
+        dub = dtb * ub
+        sl = mx.zeros((b, nb, d, n), dtype=mx.float32)
+        P = mx.ones((b, nb, d, n), dtype=mx.float32)
+        Ps, yl = [], []
+        for i in range(k):
+            sl, P, yi = _scan_position(sl, P, dtb[i], dub[i], Bb[i], Cb[i], A)
+            Ps.append(P)
+            yl.append(yi)
+        carries = [state]
+        for j in range(nb):
+            carries.append(_scan_carry(carries[-1], P[:, j], sl[:, j]))
+        state = carries[-1]
+        carry_in = mx.stack(carries[:-1], axis=1)  # [b, nb, d, n]
+        y = [_scan_fixup(yl[i], Ps[i], carry_in, Cb[i], D, ub[i]) for i in range(k)]
+        y = mx.stack(y, axis=2).reshape(b, nb * k, d)  # [b, nb, k, d] -> [b, L + pad, d]
+        ys.append(y[:, :L] if pad else y)
+    y = mx.concatenate(ys, axis=1) if len(ys) > 1 else ys[0]
+    return y, state
+
+
+def ssm_scan_logdepth(u, dt, A, B, C, D, state, block: int = 64):
+    """The former prompt path (kept as a benchmark baseline): blocks of ``block`` tokens, each a
+    log-depth (Hillis-Steele) scan over the full [b, t, d, n] states."""
     T = u.shape[1]
     ys = []
     for s in range(0, T, block):
@@ -210,14 +278,132 @@ def ssm_scan_cuda(u, dt, A, B, C, D, state):
     return y, state
 
 
+# ---------------------------------------------------------------------------------------------
+# Metal selective-scan kernel: the CUDA kernel's shape for Apple GPUs. One thread per
+# (sequence, channel, state); a channel's NS lanes sit in one SIMD group (NS divides 32) and
+# reduce y = sum_n s[n] C[n] with simd_shuffle_xor. UNTESTED ON APPLE HARDWARE: it was written
+# without access to a Mac, so it checks itself. The first prompt on a Metal device runs the
+# kernel and the portable scan on a small slice of that prompt and compares; a compile error,
+# a runtime error or a mismatch turns the kernel off for the process and logs one warning
+# (metal_scan_note() says which), and the portable scan serves every prompt.
+
+_METAL_SCAN_SRC = """
+    uint gid = thread_position_in_grid.x;
+    int nb = dims[0], T = dims[1];
+    uint n = gid % NS;
+    uint ch = gid / NS;
+    bool active = ch < (uint)(nb * DI);
+    if (!active) ch = 0;
+    uint b = ch / DI, d = ch % DI;
+    float s = state[((size_t)b * DI + d) * NS + n];
+    float a = A[(size_t)d * NS + n];
+    float dd = D[d];
+    for (int t = 0; t < T; ++t) {
+        size_t o = ((size_t)b * T + t) * DI + d;
+        size_t on = ((size_t)b * T + t) * NS + n;
+        float dtv = dt[o], uv = u[o];
+        s = metal::exp(dtv * a) * s + dtv * uv * Bm[on];
+        float p = s * Cm[on];
+        for (ushort off = NS / 2; off > 0; off >>= 1) p += simd_shuffle_xor(p, off);
+        if (active && n == 0) y[o] = p + dd * uv;
+    }
+    if (active) state_out[((size_t)b * DI + d) * NS + n] = s;
+"""
+
+METAL_CHECK_TOL = 1e-3  # max |kernel - portable| / max |portable| on the check slice
+_metal = {"kernel": None, "ok": None, "note": None}  # ok: None = not checked yet
+_log = logging.getLogger(__name__)
+
+
+def _build_metal_scan_kernel():
+    return mx.fast.metal_kernel(
+        name="sambay_selective_scan",
+        input_names=["u", "dt", "A", "Bm", "Cm", "D", "state", "dims"],
+        output_names=["y", "state_out"],
+        source=_METAL_SCAN_SRC,
+    )
+
+
+def ssm_scan_metal(u, dt, A, B, C, D, state):
+    """Prompt path on MLX's Metal backend (see the section comment: untested on Apple
+    hardware; selective_scan uses it only after metal_scan_ready())."""
+    if _metal["kernel"] is None:
+        _metal["kernel"] = _build_metal_scan_kernel()
+    b, T, d = u.shape
+    n = A.shape[1]
+    f32 = mx.float32
+    dims = mx.array([b, T], dtype=mx.int32)
+    y, state = _metal["kernel"](
+        inputs=[u, dt, A, B.astype(f32), C.astype(f32), D.astype(f32), state, dims],
+        template=[("DI", d), ("NS", n)],
+        grid=(((b * d * n + 127) // 128) * 128, 1, 1),
+        threadgroup=(128, 1, 1),
+        output_shapes=[(b, T, d), (b, d, n)],
+        output_dtypes=[f32, f32],
+    )
+    return y, state
+
+
+def metal_scan_note() -> str | None:
+    """Why the Metal kernel is off in this process (None while it is on or unchecked)."""
+    return _metal["note"]
+
+
+def _metal_off(why: str) -> bool:
+    _metal["ok"] = False
+    _metal["note"] = f"Metal selective-scan kernel off ({why}); using the portable scan"
+    _log.warning(_metal["note"])
+    return False
+
+
+def metal_scan_ready(u, dt, A, B, C, D, state) -> bool:
+    """True once the kernel has matched the portable scan on a slice of the first prompt."""
+    if _metal["ok"] is not None:
+        return _metal["ok"]
+    T, d = min(u.shape[1], 64), min(u.shape[2], 64)
+    sl = (
+        u[:1, :T, :d],
+        dt[:1, :T, :d],
+        A[:d],
+        B[:1, :T],
+        C[:1, :T],
+        D[:d],
+        state[:1, :d],
+    )
+    try:
+        yk, sk = ssm_scan_metal(*sl)
+        yp, sp = ssm_scan_chunked(*sl)
+        mx.eval(yk, sk, yp, sp)
+        scale = max(mx.abs(yp).max().item(), mx.abs(sp).max().item(), 1e-6)
+        err = max(mx.abs(yk - yp).max().item(), mx.abs(sk - sp).max().item()) / scale
+    except Exception as e:  # a compile or launch error: any of them means "off"
+        return _metal_off(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    if not err <= METAL_CHECK_TOL:  # also catches NaN
+        return _metal_off(f"mismatch {err:.2g} against the portable scan on its self-check")
+    _metal["ok"] = True
+    return True
+
+
+def _gpu_backend() -> str | None:
+    """ "cuda" or "metal" when MLX's default device is a GPU of that backend, else None."""
+    if mx.default_device() != mx.gpu:
+        return None
+    if mx.cuda.is_available():
+        return "cuda"
+    return "metal" if mx.metal.is_available() else None
+
+
 def selective_scan(u, dt, A, B, C, D, state, training: bool = False):
     if u.shape[1] == 1:
         y, state = ssm_step(u[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, state)
         return y[:, None], state
     n = A.shape[1]
     fits = n <= 32 and n & (n - 1) == 0
-    if fits and not training and mx.default_device() == mx.gpu and mx.cuda.is_available():
+    backend = _gpu_backend() if fits and not training else None
+    if backend == "cuda":
         return ssm_scan_cuda(u, dt, A, B, C, D, state)
+    if backend == "metal" and metal_scan_ready(u, dt, A, B, C, D, state):
+        return ssm_scan_metal(u, dt, A, B, C, D, state)
     return ssm_scan_chunked(u, dt, A, B, C, D, state)
 
 

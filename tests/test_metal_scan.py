@@ -1,0 +1,158 @@
+"""The Metal selective-scan kernel's selection, self-check and fallback, on CPU.
+
+There is no Apple GPU here: the tests replace the backend detection (``_gpu_backend``) and the
+kernel builder (``_build_metal_scan_kernel``) to simulate a Metal device whose kernel compiles
+and agrees, fails to compile, fails at launch, or disagrees with the portable scan. The stand-in
+"kernels" compute the recurrence one token at a time (``ssm_step``) from the exact inputs,
+template and launch shape the model hands to ``mx.fast.metal_kernel``'s kernel, so the
+argument plumbing is checked too; the Metal source itself is only compiled on Apple hardware.
+"""
+
+import logging
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from conftest import TINY
+
+from phiflash_mlx import load
+from phiflash_mlx import model as model_mod
+
+
+def reference_kernel(calls, offset=0.0):
+    """A stand-in for the compiled kernel: checks the launch, then scans token by token."""
+
+    def kernel(*, inputs, template, grid, threadgroup, output_shapes, output_dtypes):
+        u, dt, A, B, C, D, state, dims = inputs
+        b, T, d = u.shape
+        n = A.shape[1]
+        assert dict(template) == {"DI": d, "NS": n}
+        assert dims.tolist() == [b, T]
+        assert 32 % n == 0 and threadgroup[0] % 32 == 0  # a channel's lanes in one SIMD group
+        assert grid[0] >= b * d * n and grid[0] % threadgroup[0] == 0
+        assert output_shapes == [(b, T, d), (b, d, n)]
+        assert all(x.dtype == mx.float32 for x in (u, dt, A, B, C, D, state))
+        calls.append((b, T, d))
+        ys, s = [], state
+        for t in range(T):
+            y, s = model_mod.ssm_step(u[:, t], dt[:, t], A, B[:, t], C[:, t], D, s)
+            ys.append(y)
+        return [mx.stack(ys, axis=1) + offset, s]
+
+    return kernel
+
+
+@pytest.fixture
+def metal(monkeypatch):
+    """Simulated Metal backend; returns a dict to set the builder's behaviour and read calls."""
+    sim = {"builds": 0, "calls": [], "mode": "ok"}
+
+    def build():
+        sim["builds"] += 1
+        if sim["mode"] == "compile_error":
+            raise RuntimeError("[metal::Device] Unable to build metal library from source\nline 2")
+        if sim["mode"] == "launch_error":
+
+            def broken(**kw):
+                raise RuntimeError("[metal] command buffer failed")
+
+            return broken
+        return reference_kernel(sim["calls"], offset=1.0 if sim["mode"] == "mismatch" else 0.0)
+
+    monkeypatch.setattr(model_mod, "_metal", {"kernel": None, "ok": None, "note": None})
+    monkeypatch.setattr(model_mod, "_gpu_backend", lambda: "metal")
+    monkeypatch.setattr(model_mod, "_build_metal_scan_kernel", build)
+    return sim
+
+
+def scan_inputs(b=2, T=40, d=24, n=16, seed=0):
+    mx.random.seed(seed)
+    return (
+        mx.random.normal((b, T, d)),
+        mx.random.uniform(0.0, 0.3, (b, T, d)),
+        -mx.exp(mx.random.normal((d, n))),
+        mx.random.normal((b, T, n)),
+        mx.random.normal((b, T, n)),
+        mx.random.normal((d,)),
+        mx.random.normal((b, d, n)),
+    )
+
+
+def assert_portable(out, args):
+    want = model_mod.ssm_scan_chunked(*args)
+    for got, w in zip(out, want):
+        np.testing.assert_allclose(np.array(got), np.array(w), atol=1e-5)
+
+
+def test_no_gpu_uses_the_portable_scan_and_builds_nothing(monkeypatch):
+    monkeypatch.setattr(model_mod, "_metal", {"kernel": None, "ok": None, "note": None})
+
+    def build():
+        raise AssertionError("the Metal kernel was built without a Metal device")
+
+    monkeypatch.setattr(model_mod, "_build_metal_scan_kernel", build)
+    assert model_mod._gpu_backend() is None  # these tests run on CPU
+    args = scan_inputs()
+    assert_portable(model_mod.selective_scan(*args), args)
+    assert model_mod.metal_scan_note() is None
+
+
+def test_kernel_that_agrees_is_checked_once_then_used(metal, caplog):
+    args = scan_inputs()
+    with caplog.at_level(logging.WARNING, logger=model_mod.__name__):
+        out = model_mod.selective_scan(*args)
+        assert_portable(out, args)
+        # the self-check ran on a small slice of the first prompt, then the whole prompt
+        assert metal["calls"] == [(1, 40, 24), (2, 40, 24)]
+        args2 = scan_inputs(b=1, T=70, d=24, seed=1)
+        assert_portable(model_mod.selective_scan(*args2), args2)
+    assert metal["calls"][2:] == [(1, 70, 24)]  # no second check
+    assert metal["builds"] == 1
+    assert model_mod.metal_scan_note() is None
+    assert not caplog.records
+
+
+def test_self_check_slice_is_small(metal):
+    args = scan_inputs(b=3, T=300, d=100)
+    model_mod.selective_scan(*args)
+    assert metal["calls"][0] == (1, 64, 64)
+
+
+@pytest.mark.parametrize(
+    "mode, why",
+    [
+        ("compile_error", "RuntimeError: [metal::Device] Unable to build metal library"),
+        ("launch_error", "RuntimeError: [metal] command buffer failed"),
+        ("mismatch", "mismatch"),
+    ],
+)
+def test_failing_kernel_falls_back_for_the_process_and_says_so_once(metal, caplog, mode, why):
+    metal["mode"] = mode
+    with caplog.at_level(logging.WARNING, logger=model_mod.__name__):
+        for seed in range(3):
+            args = scan_inputs(seed=seed)
+            assert_portable(model_mod.selective_scan(*args), args)
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1, notes
+    assert why in notes[0] and "portable scan" in notes[0]
+    assert model_mod.metal_scan_note() == notes[0]
+    assert metal["builds"] == 1  # never retried
+    assert len(metal["calls"]) == (1 if mode == "mismatch" else 0)  # only the check slice
+
+
+def test_model_prompt_equal_with_kernel_and_after_fallback(metal):
+    """A whole prefill of the fixture (float32) through the simulated kernel, and through the
+    portable scan after a failed check, gives the portable path's logits."""
+    model = load(TINY, dtype=mx.float32)[0]
+    toks = mx.array([[5, 17, 300, 2, 9, 44, 801, 3, 12]])
+    metal["mode"] = "ok"
+    with_kernel = model(toks, cache=model.make_cache())
+    assert len(metal["calls"]) > 1
+    model_mod._metal.update(kernel=None, ok=None, note=None)
+    metal["mode"] = "mismatch"
+    fallback = model(toks, cache=model.make_cache())
+    assert model_mod.metal_scan_note() is not None
+    model_mod._gpu_backend = lambda: None  # restored by monkeypatch
+    portable = model(toks, cache=model.make_cache())
+    np.testing.assert_allclose(np.array(with_kernel), np.array(portable), atol=1e-4)
+    np.testing.assert_allclose(np.array(fallback), np.array(portable), atol=1e-5)
