@@ -9,7 +9,10 @@ measured in one run after a warm-up:
   then mlx-lm's ``generate_step`` decodes);
 * peak memory, and the share of the bandwidth floor: bytes read per token (weights + caches)
   divided by the bandwidth of a large bf16 GEMV measured in the same run;
-* the selective scan alone: CUDA kernel vs the portable chunked scan vs the one-token path;
+* the selective scan alone: CUDA kernel vs the portable chunked scan (and the former
+  log-depth scan) vs the one-token path;
+* with ``--uncompiled-decode``, SambaY again with its decode steps uncompiled (the baseline
+  of the compiled per-layer decode functions, in the same run);
 * prefill with the cross-decoder removed, to show that prompt chunks never run it.
 
     python benchmarks/bench_mlx.py --out results.json           # the full table (GPU)
@@ -42,6 +45,7 @@ from phiflash_mlx.model import (
     keeps_fp32,
     ssm_scan_chunked,
     ssm_scan_cuda,
+    ssm_scan_logdepth,
     ssm_step,
 )
 
@@ -189,6 +193,7 @@ def scan_bench(T: int, d: int, n: int) -> dict:
     out = {}
     t_chunk = timed(lambda: ssm_scan_chunked(u, dt, A, B, C, D, s0))
     out["chunked_tok_s"] = T / t_chunk
+    out["logdepth_tok_s"] = T / timed(lambda: ssm_scan_logdepth(u, dt, A, B, C, D, s0))
     if mx.default_device() == mx.gpu and mx.cuda.is_available():
         t_kernel = timed(lambda: ssm_scan_cuda(u, dt, A, B, C, D, s0))
         out["cuda_kernel_tok_s"] = T / t_kernel
@@ -211,9 +216,11 @@ def scan_bench(T: int, d: int, n: int) -> dict:
     return out
 
 
-def bench_model(name, build, quant, args, vocab, bw):
+def bench_model(name, build, quant, args, vocab, bw, compiled: bool = True):
     mx.reset_peak_memory()
     model = build(args.quick)
+    if not compiled:
+        model.set_compiled_decode(False)
     to_bf16(model)
     if quant == "8bit":
         quantize(model, 8)
@@ -226,7 +233,8 @@ def bench_model(name, build, quant, args, vocab, bw):
     mx.clear_cache()
     mx.reset_peak_memory()  # peak of running the model, not of building random weights
     wbytes = nbytes(model)
-    row = {"model": name, "quant": quant, "weight_GB": wbytes / 1e9}
+    label = name if compiled else name + " uncompiled"
+    row = {"model": label, "quant": quant, "weight_GB": wbytes / 1e9}
     for n in args.prompts:
         prefill_tps(model, n, vocab)  # warm-up: compiles every chunk shape
         row[f"prompt_{n}_tok_s"] = prefill_tps(model, n, vocab)
@@ -237,7 +245,7 @@ def bench_model(name, build, quant, args, vocab, bw):
         row[f"gen_{ctx}_tok_s"] = tps
         row[f"gen_{ctx}_floor_share"] = floor_s * tps
     row["peak_memory_GB"] = mx.get_peak_memory() / 1e9
-    if name == "sambay" and args.cross_check and args.prompts:
+    if name == "sambay" and compiled and args.cross_check and args.prompts:
         layers = model.model.layers
         model.model.layers = layers[: len(layers) // 2 + 2]
         n = args.prompts[-1]
@@ -290,6 +298,15 @@ def ratios(rows, args) -> list[str]:
             if k.endswith("_tok_s") and k in b
         ]
         out.append(f"sambay/phi3 {q}: " + ", ".join(parts))
+    for q in sorted({r["quant"] for r in rows}):
+        a, b = by.get(("sambay", q)), by.get(("sambay uncompiled", q))
+        if a and b:
+            parts = [
+                f"{k.replace('_tok_s', '')} {a[k] / b[k]:.2f}x"
+                for k in a
+                if k.startswith("gen_") and k.endswith("_tok_s")
+            ]
+            out.append(f"sambay compiled/uncompiled decode {q}: " + ", ".join(parts))
     return out
 
 
@@ -303,6 +320,11 @@ def main(argv=None) -> int:
     p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--no-cross-check", dest="cross_check", action="store_false")
     p.add_argument("--no-scan", dest="scan", action="store_false")
+    p.add_argument(
+        "--uncompiled-decode",
+        action="store_true",
+        help="also SambaY with uncompiled decode steps (baseline row)",
+    )
     p.add_argument("--out", default=None, help="write all numbers as JSON here")
     args = p.parse_args(argv)
     args.prompts = [int(x) for x in args.prompts.split(",") if x not in ("", "none")]
@@ -324,9 +346,11 @@ def main(argv=None) -> int:
         for name in args.models.split(","):
             if q == "mixed" and name != "sambay":
                 continue
-            row = bench_model(name, builders[name], q, args, vocab, bw)
-            results["rows"].append(row)
-            print(json.dumps(row), flush=True)
+            variants = [True, False] if name == "sambay" and args.uncompiled_decode else [True]
+            for compiled in variants:
+                row = bench_model(name, builders[name], q, args, vocab, bw, compiled)
+                results["rows"].append(row)
+                print(json.dumps(row), flush=True)
             if args.out:
                 Path(args.out).write_text(json.dumps(results, indent=1))
     print()

@@ -1,0 +1,122 @@
+"""The portable selective scan against the rest of a prompt prefill, on MLX's CPU backend.
+
+A model with random weights (float32: MLX's CPU matmuls are ~20x slower in bfloat16) prefills
+one chunk of ``--tokens`` tokens the way mlx-lm does (one model call, cache states evaluated,
+no logits). The scan is timed inside the prefill: its inputs are evaluated before it starts and
+its outputs when it ends, so "scan" is the time of the Mamba layers' selective scans and
+"rest" everything else of the same prefill. Every scan implementation runs in every repeat,
+interleaved (the CPU may be shared), and the table gives medians:
+
+* ``chunked``: the prompt path (``ssm_scan_chunked``: blocks scanned side by side, each decay
+  computed once);
+* ``logdepth``: the former prompt path (blocks of 64, a log-depth scan over full states),
+  measured in the same run as the baseline.
+
+    python benchmarks/bench_prefill_cpu.py --width tutor
+    python benchmarks/bench_prefill_cpu.py --width real --layers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+
+import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
+import mlx.core as mx
+from _common import ROOT, machine_line, real_config
+from mlx_lm.models.cache import make_prompt_cache
+
+from phiflash_mlx import model as model_mod
+
+TUTOR_CONFIG = ROOT / "weights" / "phiflash-tutor" / "config.json"
+SCANS = {"chunked": model_mod.ssm_scan_chunked, "logdepth": model_mod.ssm_scan_logdepth}
+
+
+def config(width: str, layers: int | None) -> dict:
+    cfg = json.loads(TUTOR_CONFIG.read_text()) if width == "tutor" else real_config()
+    if layers:
+        if layers % 2:
+            raise SystemExit("--layers must be even (Mamba and attention layers alternate)")
+        cfg["num_hidden_layers"] = layers
+        cfg.pop("layer_types", None)
+        if isinstance(cfg.get("sliding_window"), list):
+            cfg["sliding_window"] = next(w for w in cfg["sliding_window"] if w)
+    return cfg
+
+
+def prefill(model, tokens, scan) -> tuple[float, float]:
+    """(total seconds, seconds inside the selective scans) of one prefill chunk."""
+    spent = [0.0]
+    plain = model_mod.selective_scan
+
+    def timed_scan(*args, **kw):
+        mx.eval(args)
+        t = time.perf_counter()
+        out = plain(*args, **kw)
+        mx.eval(out)
+        spent[0] += time.perf_counter() - t
+        return out
+
+    model_mod.ssm_scan_chunked, model_mod.selective_scan = scan, timed_scan
+    try:
+        cache = make_prompt_cache(model)
+        t = time.perf_counter()
+        model(tokens, cache=cache)
+        mx.eval([c.state for c in cache])
+        total = time.perf_counter() - t
+    finally:
+        model_mod.ssm_scan_chunked, model_mod.selective_scan = SCANS["chunked"], plain
+    return total, spent[0]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--width", choices=("tutor", "real"), default="tutor")
+    p.add_argument("--layers", type=int, default=None, help="fewer layers (even), same widths")
+    p.add_argument("--tokens", type=int, default=2048)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--scans", default="chunked,logdepth")
+    a = p.parse_args(argv)
+    mx.set_default_device(mx.cpu)
+    cfg = config(a.width, a.layers)
+    args = model_mod.ModelArgs.from_dict(cfg)
+    mx.random.seed(0)
+    model = model_mod.Model(args)
+    model.eval()
+    mx.eval(model.parameters())
+    n_scan = sum(layer.kind in ("mamba", "mamba_mem") for layer in model.layers)
+    tokens = mx.random.randint(0, args.vocab_size, (1, a.tokens))
+    names = a.scans.split(",")
+    for name in names:  # warm-up: compiles every kernel shape
+        prefill(model, tokens, SCANS[name])
+    runs = {name: [] for name in names}
+    for _ in range(a.repeat):
+        for name in names:
+            runs[name].append(prefill(model, tokens, SCANS[name]))
+            print(name, json.dumps(runs[name][-1]), flush=True)
+    print()
+    print(f"{datetime.now(UTC):%Y-%m-%d}, MLX {mx.__version__} CPU, {machine_line()}")
+    print(
+        f"width {a.width}: hidden {args.hidden_size},"
+        f" d_inner {args.mamba_expand * args.hidden_size}"
+        f", {args.num_hidden_layers} layers ({n_scan} with a scan), float32, one {a.tokens}-token"
+        f" prefill, medians of {a.repeat}"
+    )
+    print("| scan | prefill s | scan s | rest s | scan share |\n|---|---|---|---|---|")
+    med = {}
+    for name in names:
+        total = statistics.median(r[0] for r in runs[name])
+        scan = statistics.median(r[1] for r in runs[name])
+        med[name] = (total, scan)
+        print(f"| {name} | {total:.2f} | {scan:.2f} | {total - scan:.2f} | {scan / total:.0%} |")
+    if "chunked" in med and "logdepth" in med:
+        print(f"scan speed-up chunked vs logdepth: {med['logdepth'][1] / med['chunked'][1]:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
