@@ -156,3 +156,43 @@ def test_model_prompt_equal_with_kernel_and_after_fallback(metal):
     portable = model(toks, cache=model.make_cache())
     np.testing.assert_allclose(np.array(with_kernel), np.array(portable), atol=1e-4)
     np.testing.assert_allclose(np.array(fallback), np.array(portable), atol=1e-5)
+
+
+# The portable scan every non-CUDA device falls back to (and the Metal self-check's reference).
+
+
+@pytest.mark.parametrize("T, block, segment", [(1, 32, 512), (70, 8, 32), (77, 32, 512), (5, 4, 4)])
+def test_portable_scan_equals_token_by_token_values_and_gradients(T, block, segment):
+    args = scan_inputs(b=2, T=T, d=12, n=8, seed=T)
+    u, dt, A, B, C, D, s0 = args
+
+    def steps(u, dt, A, B, C):
+        ys, s = [], s0
+        for t in range(u.shape[1]):
+            y, s = model_mod._ssm_step(u[:, t], dt[:, t], A, B[:, t], C[:, t], D, s)
+            ys.append(y)
+        return mx.stack(ys, axis=1), s
+
+    def chunked(u, dt, A, B, C):
+        return model_mod.ssm_scan_chunked(u, dt, A, B, C, D, s0, block=block, segment=segment)
+
+    for got, want in zip(chunked(u, dt, A, B, C), steps(u, dt, A, B, C)):
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)
+
+    def loss(f):
+        return lambda *a: (f(*a)[0] ** 2).sum() + f(*a)[1].sum()
+
+    gc = mx.grad(loss(chunked), argnums=(0, 1, 2, 3, 4))(u, dt, A, B, C)
+    gs = mx.grad(loss(steps), argnums=(0, 1, 2, 3, 4))(u, dt, A, B, C)
+    for a, b in zip(gc, gs):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-4)
+
+
+def test_portable_scan_leaves_state_unchanged_where_dt_is_zero():
+    u, dt, A, B, C, D, s0 = scan_inputs(b=2, T=50, d=12, n=8)
+    keep = mx.arange(50)[None, :, None] < mx.array([50, 13])[:, None, None]  # row 1: 13 real
+    _, s = model_mod.ssm_scan_chunked(u, mx.where(keep, dt, 0.0), A, B, C, D, s0, block=8)
+    _, s13 = model_mod.ssm_scan_chunked(
+        u[1:, :13], dt[1:, :13], A, B[1:, :13], C[1:, :13], D, s0[1:], block=8
+    )
+    np.testing.assert_allclose(np.array(s[1:]), np.array(s13), rtol=1e-5, atol=1e-6)
