@@ -5,15 +5,15 @@ import json
 import pytest
 
 from phiflash.paths import DEFAULT_MODEL_DIR
-from phiflash.tutor.answers import answers_equal, extract_boxed
-from phiflash.tutor.data import dataset, prompt_messages, split_of
-from phiflash.tutor.evalmath import greedy_params, solve
+from phiflash.tutor.data import eval_set, prompt_messages, split_of
+from phiflash.tutor.evalmath import grade, greedy_params, solve
 
-# Indices into dataset("test", 60), the start of the held-out set eval-math uses: one problem
-# of each kind that the committed model solves greedily (it solves 92% of the first 500 held-out
-# problems, so these pin its behaviour through the engine rather than its accuracy; see its model
-# card).
-FIXED = (0, 2, 3, 17, 10, 13)  # add, mul, frac, percent, linear, sub
+# Indices into eval_set("phrasings", 40), held-out problems asked in templates never trained on
+# (the start of what eval-math uses): one of several kinds that the committed model solves
+# greedily. It solves about two in five of these (see its model card), so the items pin its
+# behaviour through each engine rather than its accuracy.
+FIXED = (8, 17, 26, 12, 14, 15)  # add, sub, mul, frac (3/4 of), percent, word problem
+REFUSAL = 1  # eval_set("refusals", 10)[1]: "What is the derivative of sin(4x)?"
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +35,20 @@ def test_bundled_model_is_real_layout_and_small():
 
 @pytest.mark.parametrize("index", FIXED)
 def test_mlx_engine_solves_fixed_heldout_problems(mlx_engine, index):
-    ex = dataset("test", 60)[index]
+    ex = eval_set("phrasings", 40)[index]
     assert split_of(ex["key"]) == "test"
     out = solve(mlx_engine, prompt_messages(ex), greedy_params(384))
     assert out["finish_reason"] == "stop", out
     assert "<think>" in out["reply"] and "</think>" in out["reply"]
-    pred = extract_boxed(out["reply"])
-    assert answers_equal(pred, ex["answer"]), (ex["question"], ex["answer"], out["reply"])
+    ok, pred = grade(ex, out["reply"], out["finish_reason"])
+    assert ok, (ex["question"], ex["answer"], out["reply"])
+
+
+def test_mlx_engine_refuses_out_of_scope(mlx_engine):
+    ex = eval_set("refusals", 10)[REFUSAL]
+    out = solve(mlx_engine, prompt_messages(ex), greedy_params(384))
+    assert grade(ex, out["reply"], out["finish_reason"])[0], out
+    assert "arithmetic" in out["reply"]  # it says what it can do
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +63,8 @@ def gguf_engine(tmp_path_factory):
 
 @pytest.mark.parametrize("index", FIXED)
 def test_gguf_engine_solves_fixed_heldout_problems(gguf_engine, index):
-    ex = dataset("test", 60)[index]
+    ex = eval_set("phrasings", 40)[index]
     out = solve(gguf_engine, prompt_messages(ex), greedy_params(384))
     assert out["finish_reason"] == "stop", out
-    pred = extract_boxed(out["reply"])
-    assert answers_equal(pred, ex["answer"]), (ex["question"], ex["answer"], out["reply"])
+    ok, pred = grade(ex, out["reply"], out["finish_reason"])
+    assert ok, (ex["question"], ex["answer"], out["reply"])

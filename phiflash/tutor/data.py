@@ -1304,7 +1304,9 @@ def dataset(
         kind = kinds[i % len(kinds)]
         for _ in range(10000):
             ex = make_example(rng, kind, phrasing, split)
-            if split_of(ex["split_key"]) != split or (unique and ex["key"] in seen):
+            # a held-out refusal template is never trained on: no problem split to respect
+            free = kind == "refusal" and phrasing == "heldout"
+            if (split_of(ex["split_key"]) != split and not free) or (unique and ex["key"] in seen):
                 continue
             break
         else:
@@ -1334,7 +1336,7 @@ def eval_set(
     kinds = tuple(k for k in set_kinds if kinds is None or k in kinds)
     if not kinds or n <= 0:
         return []
-    out = dataset(split, n, seed, kinds=kinds, phrasing=phrasing, unique=name != "refusals")
+    out = dataset(split, n, seed, kinds=kinds, phrasing=phrasing, unique=True)
     return [dict(ex, set=name) for ex in out]
 
 
