@@ -111,7 +111,7 @@ NOT_CHECKABLE = [
 
 @pytest.mark.parametrize("question,expected", SOLVED)
 def test_solves(question, expected):
-    sol = solve_problem(question)
+    sol = solve_problem(question, timeout=30)  # generous: a loaded machine
     if expected is None:
         assert sol is None
     else:
@@ -121,7 +121,7 @@ def test_solves(question, expected):
 
 @pytest.mark.parametrize("question", NOT_CHECKABLE)
 def test_not_checkable(question):
-    assert solve_problem(question) is None
+    assert solve_problem(question, timeout=30) is None
 
 
 def test_hostile_inputs_are_fast():

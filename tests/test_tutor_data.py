@@ -121,7 +121,7 @@ def test_answers_are_correct_by_sympy():
     checked = 0
     for split in ("train", "test"):
         for ex in dataset(split, 1100, seed=5, kinds=MATH_KINDS + ("newq",)):
-            sol = solve_problem(ex["question"])
+            sol = solve_problem(ex["question"], timeout=60)  # generous: a loaded CI machine
             if sol is None:
                 assert ex["kind"] in ("word", "newq"), ex["question"]
                 continue
@@ -251,12 +251,12 @@ def test_zero_false_marks_on_the_eval_sets():
         for ex in eval_set(name, 150):
             users = [m["content"] for m in ex["messages"] if m["role"] == "user"]
             reply = ex["messages"][-1]["content"]
-            r = check_answer(users[-1], reply, follow_up=len(users) > 1)
+            r = check_answer(users[-1], reply, follow_up=len(users) > 1, timeout=60)
             assert r is None or r.ok, (users[-1], r)
             marks["ok" if r else "none"] += 1
             if r is not None:
                 wrong = reply[: reply.rindex("\\boxed{")] + "\\boxed{12345678}."
-                assert not check_answer(users[-1], wrong, follow_up=len(users) > 1).ok
+                assert not check_answer(users[-1], wrong, follow_up=len(users) > 1, timeout=60).ok
     assert marks["ok"] >= 300  # of 600: math questions but word problems, follow-ups, refusals
 
 
