@@ -339,3 +339,19 @@ def test_cli_flags_validated():
         parse_args(["--top-p", "0"])
     with pytest.raises(SystemExit):
         parse_args(["--engine", "onnx"])
+
+
+@asynctest
+async def test_an_answer_removed_by_a_new_problem_while_it_finishes_is_kept(store, tmp_path):
+    """ctrl+n while a finished reply still renders removes its widget under `finish`."""
+    engine = FakeEngine()
+    app = app_for(engine, store, tmp_path)
+    async with app.run_test() as pilot:
+        await ask_and_wait(pilot, app, "2+3")
+        widget = app.chat_screen.query(AssistantMessage).last()
+        await widget.remove()
+        await widget.finish("stop")  # must not raise NoMatches
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        saved = store.list()
+        assert saved and "5" in store.load(saved[0].id).turns[-1].content

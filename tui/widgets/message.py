@@ -6,6 +6,7 @@ import asyncio
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.widgets import Collapsible, Markdown, Static
 
 from phiflash.tui.conversation import Turn, split_think
@@ -110,12 +111,20 @@ class AssistantMessage(Vertical):
             self.think.collapsed = True
 
     async def finish(self, status: str) -> None:
-        """Stop streaming: flush the rendered tails, fold the reasoning, show the answer."""
+        """Stop streaming: flush the rendered tails, fold the reasoning, show the answer.
+
+        A new problem (ctrl+n) may remove this widget while it finishes; the turn is already
+        saved, so there is nothing left to show and the widget just stops.
+        """
         self.turn.status = status
-        if self._think_stream is not None:
-            await self._think_stream.stop()
-            await self._answer_stream.stop()
-        await self.show_final(self.raw, status)
+        try:
+            if self._think_stream is not None:
+                await self._think_stream.stop()
+                await self._answer_stream.stop()
+            await self.show_final(self.raw, status)
+        except NoMatches:
+            if self.is_attached:
+                raise
 
     async def show_final(self, raw: str, status: str) -> None:
         self.raw = raw
