@@ -121,9 +121,7 @@ def test_no_import_cycle():
 
 
 def test_imports_never_go_up_a_layer():
-    up = [
-        f"{m} -> {t}" for m, targets in graph().items() for t in targets if layer(t) > layer(m)
-    ]
+    up = [f"{m} -> {t}" for m, targets in graph().items() for t in targets if layer(t) > layer(m)]
     assert not up, "\n".join(up)
 
 
