@@ -10,7 +10,9 @@ interleaved (the CPU may be shared), and the table gives medians:
 * ``chunked``: the prompt path (``ssm_scan_chunked``: blocks scanned side by side, each decay
   computed once);
 * ``logdepth``: the former prompt path (blocks of 64, a log-depth scan over full states),
-  measured in the same run as the baseline.
+  measured in the same run as the baseline;
+* ``chunked-fullmask``: the prompt path with the sliding-window layers attending over the
+  whole prompt under a window mask (the former attention), instead of in bands.
 
     python benchmarks/bench_prefill_cpu.py --width tutor
     python benchmarks/bench_prefill_cpu.py --width real --layers 8
@@ -34,6 +36,11 @@ from phiflash_mlx import model as model_mod
 
 TUTOR_CONFIG = ROOT / "weights" / "phiflash-tutor" / "config.json"
 SCANS = {"chunked": model_mod.ssm_scan_chunked, "logdepth": model_mod.ssm_scan_logdepth}
+VARIANTS = {  # name: (scan, banded sliding-window prefill)
+    "chunked": ("chunked", True),
+    "logdepth": ("logdepth", True),
+    "chunked-fullmask": ("chunked", False),
+}
 
 
 def config(width: str, layers: int | None) -> dict:
@@ -48,8 +55,11 @@ def config(width: str, layers: int | None) -> dict:
     return cfg
 
 
-def prefill(model, tokens, scan) -> tuple[float, float]:
+def prefill(model, tokens, variant) -> tuple[float, float]:
     """(total seconds, seconds inside the selective scans) of one prefill chunk."""
+    scan, banded = VARIANTS[variant]
+    scan = SCANS[scan]
+    model_mod.BANDED_WINDOW_PREFILL = banded
     spent = [0.0]
     plain = model_mod.selective_scan
 
@@ -70,6 +80,7 @@ def prefill(model, tokens, scan) -> tuple[float, float]:
         total = time.perf_counter() - t
     finally:
         model_mod.ssm_scan_chunked, model_mod.selective_scan = SCANS["chunked"], plain
+        model_mod.BANDED_WINDOW_PREFILL = True
     return total, spent[0]
 
 
@@ -79,7 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=None, help="fewer layers (even), same widths")
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--scans", default="chunked,logdepth")
+    p.add_argument("--variants", default="chunked,logdepth,chunked-fullmask")
     a = p.parse_args(argv)
     mx.set_default_device(mx.cpu)
     cfg = config(a.width, a.layers)
@@ -90,13 +101,15 @@ def main(argv=None) -> int:
     mx.eval(model.parameters())
     n_scan = sum(layer.kind in ("mamba", "mamba_mem") for layer in model.layers)
     tokens = mx.random.randint(0, args.vocab_size, (1, a.tokens))
-    names = a.scans.split(",")
+    names = a.variants.split(",")
+    if unknown := [n for n in names if n not in VARIANTS]:
+        raise SystemExit(f"unknown --variants {unknown}; choose from {list(VARIANTS)}")
     for name in names:  # warm-up: compiles every kernel shape
-        prefill(model, tokens, SCANS[name])
+        prefill(model, tokens, name)
     runs = {name: [] for name in names}
     for _ in range(a.repeat):
         for name in names:
-            runs[name].append(prefill(model, tokens, SCANS[name]))
+            runs[name].append(prefill(model, tokens, name))
             print(name, json.dumps(runs[name][-1]), flush=True)
     print()
     print(f"{datetime.now(UTC):%Y-%m-%d}, MLX {mx.__version__} CPU, {machine_line()}")
@@ -106,7 +119,7 @@ def main(argv=None) -> int:
         f", {args.num_hidden_layers} layers ({n_scan} with a scan), float32, one {a.tokens}-token"
         f" prefill, medians of {a.repeat}"
     )
-    print("| scan | prefill s | scan s | rest s | scan share |\n|---|---|---|---|---|")
+    print("| variant | prefill s | scan s | rest s | scan share |\n|---|---|---|---|---|")
     med = {}
     for name in names:
         total = statistics.median(r[0] for r in runs[name])
@@ -115,6 +128,9 @@ def main(argv=None) -> int:
         print(f"| {name} | {total:.2f} | {scan:.2f} | {total - scan:.2f} | {scan / total:.0%} |")
     if "chunked" in med and "logdepth" in med:
         print(f"scan speed-up chunked vs logdepth: {med['logdepth'][1] / med['chunked'][1]:.2f}x")
+    if "chunked" in med and "chunked-fullmask" in med:
+        r = med["chunked-fullmask"][0] / med["chunked"][0]
+        print(f"prefill speed-up banded vs full-mask sliding windows: {r:.2f}x")
     return 0
 
 

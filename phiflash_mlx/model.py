@@ -596,6 +596,9 @@ def _combine(o, lam, subln_w, lambda_init: float, eps: float, m: int, g: int):
 
 _pair_queries_step = mx.compile(_pair_queries)
 
+# Sliding-window prompts longer than two windows attend in bands (DiffAttention.attend).
+BANDED_WINDOW_PREFILL = True
+
 
 def attention_mask(cache, T: int, window: int | None):
     """The mask for T new queries, taken before the cache update.
@@ -704,7 +707,13 @@ class DiffAttention(nn.Module):
         return self.out_proj(o), (keys, values)
 
     def attend(self, q, keys, values, mask):
-        """Both softmax branches in one attention call; ``mask`` as from attention_mask."""
+        """Both softmax branches in one attention call; ``mask`` as from attention_mask.
+
+        A sliding-window prompt longer than two windows with an array mask runs as a band:
+        each block of ``window`` queries attends only to the keys its window can reach (the
+        new keys sit at the end of ``keys`` in order, so query i sees at most keys
+        S-T+i-window+1 .. S-T+i). The softmax runs over the same keys as with the whole mask,
+        with a fraction of the scores (~2 windows per query instead of the whole prompt)."""
         sdpa = mx.fast.scaled_dot_product_attention
         if isinstance(mask, list):  # runs of rows with equal left padding (attention_mask)
             return mx.concatenate(
@@ -713,6 +722,23 @@ class DiffAttention(nn.Module):
                     for a, e, p in mask
                 ]
             )
+        W, T, S = self.window, q.shape[2], keys.shape[2]
+        if BANDED_WINDOW_PREFILL and W and isinstance(mask, mx.array) and T > 2 * W:
+            out = []
+            for s in range(0, T, W):
+                e = min(s + W, T)
+                k0, k1 = max(0, S - T + s - W + 1), S - T + e
+                m = mask[..., s:e, k0:k1]
+                out.append(
+                    sdpa(
+                        q[:, :, s:e],
+                        keys[:, :, k0:k1],
+                        values[:, :, k0:k1],
+                        scale=self.scale,
+                        mask=m,
+                    )
+                )
+            return mx.concatenate(out, axis=2)
         return sdpa(q, keys, values, scale=self.scale, mask=mask)
 
 
