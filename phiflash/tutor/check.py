@@ -416,8 +416,8 @@ _PERCENT_OF_WHAT = (
     (rf"^what {_PCT} is {_E} out of {_E}$", True),
 )
 _CHANGE = re.compile(
-    rf"{_PCT} (change|increase|decrease|rise|drop|fall)\b.*?\bfrom (.+?) to (.+?)$"
-    rf"|from (.+?) to (.+?)\b.*?\bby what {_PCT}(?: did (?:it|the \w+) (\w+))?$"
+    rf"{_PCT} (change|increase|decrease|rise|drop|fall)\b[^\d=]*?\bfrom (.+?) to (.+?)$"
+    rf"|from (.+?) to (.+?)\b[^\d=]*?\bby what {_PCT}(?: did (?:it|the \w+) (\w+))?$"
     rf"|from (.+?) to (.+?)[.,;:]\s*(?:what is|what's|whats|find)? ?the {_PCT} "
     rf"(change|increase|decrease)$"
     rf"|^by what {_PCT} does (.+?) (increase|decrease|rise|fall|change) to (?:get |reach )?(.+?)$"
