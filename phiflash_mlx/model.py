@@ -10,6 +10,10 @@
 # the Mamba state and conv window unchanged and are masked in every attention layer, so each
 # row gets what it gets alone. Quantized K/V (--kv-bits) is not supported: RotatingKVCache has
 # no quantized form, and mlx_lm.server never batches such requests.
+# Speed paths: one-token decode steps run as compiled functions per layer (the uncompiled path
+# stays: Model.set_compiled_decode(False), and padded Mamba steps use it); prompts scan with a
+# CUDA kernel, a self-checking Metal kernel (untested on Apple hardware), or the portable
+# chunked scan; sliding-window prompts attend in bands.
 
 import logging
 import math
