@@ -13,7 +13,8 @@ import numpy as np
 
 from phiflash.engine import Chunk, GenerationParams, Message, check_context
 from phiflash.errors import ContextLengthError, ModelLoadError, WrongArchitectureError
-from phiflash.thinking import THINK_CLOSE, ThinkingBudget, opens_thinking
+from phiflash.thinking import ThinkingBudget
+from phiflash_gguf.thinking import thinking_budget
 
 ARCH = "sambay"
 # The context this engine allocates (KV cells for the one global layer), at most the model's
@@ -247,15 +248,7 @@ class GGUFEngine:
 
     def _thinking_budget(self, ids: list[int], n: int) -> ThinkingBudget | None:
         """The budget's state machine for one reply (None without a budget)."""
-        if n <= 0:
-            return None
-
-        def piece(tok: int) -> str:
-            return self.llm.detokenize([tok]).decode("utf-8", "replace")
-
-        close = self.llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=False)
-        tail = self.llm.detokenize(ids[-64:], special=True).decode("utf-8", "replace")
-        return ThinkingBudget(n, close, piece, inside=opens_thinking(tail))
+        return thinking_budget(self.llm, ids, n) if n > 0 else None
 
     def _chunk(self, text, tok, n_prompt, prompt_tps, n_gen, t_gen, finish) -> Chunk:
         elapsed = max(time.perf_counter() - t_gen, 1e-9)

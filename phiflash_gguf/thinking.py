@@ -15,7 +15,23 @@ import numpy as np
 
 from phiflash.thinking import THINK_CLOSE, ThinkingBudget, opens_thinking
 
-_PROMPT_TAIL = 64
+_PROMPT_TAIL = 64  # the prompt tokens read to tell whether the reply starts inside <think>
+
+
+def thinking_budget(llm, prompt_ids, n: int) -> ThinkingBudget:
+    """The budget's state machine for one reply of ``llm`` after ``prompt_ids``.
+
+    The one construction for both loops: :class:`phiflash_gguf.engine.GGUFEngine`'s own
+    sampling loop and :class:`BudgetLogitsProcessor` in llama-cpp-python's.
+    """
+
+    def piece(token: int) -> str:
+        return llm.detokenize([token]).decode("utf-8", "replace")
+
+    close = llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=False)
+    tail = [int(t) for t in prompt_ids[-_PROMPT_TAIL:]]
+    text = llm.detokenize(tail, special=True).decode("utf-8", "replace")
+    return ThinkingBudget(int(n), close, piece, inside=opens_thinking(text))
 
 
 class BudgetLogitsProcessor:
@@ -24,20 +40,13 @@ class BudgetLogitsProcessor:
             raise ValueError("the thinking budget must be >= 0")
         self.llm = llm
         self.n = int(n)
-        self.ids = llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=False)
         self.budget: ThinkingBudget | None = None
         self._seen = 0
-
-    def _decode(self, token: int) -> str:
-        return self.llm.detokenize([token]).decode("utf-8", "replace")
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         total = len(input_ids)
         if self.budget is None:  # the first call: the prompt
-            tail = [int(t) for t in input_ids[-_PROMPT_TAIL:]]
-            text = self.llm.detokenize(tail, special=True).decode("utf-8", "replace")
-            inside = opens_thinking(text)
-            self.budget = ThinkingBudget(self.n, self.ids, self._decode, inside)
+            self.budget = thinking_budget(self.llm, input_ids, self.n)
         elif total > self._seen:
             for t in input_ids[self._seen :]:
                 self.budget.feed(int(t))

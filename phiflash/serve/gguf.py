@@ -42,43 +42,14 @@ PASS_THROUGH = ("/extras/tokenize", "/extras/tokenize/count", "/extras/detokeniz
 _REQUEST: ContextVar[GenerationParams | None] = ContextVar("phiflash_request", default=None)
 
 
-class BudgetLogitsProcessor:
-    """The thinking budget as a llama-cpp-python logits processor (one reply's state).
-
-    Called once per step with every token so far (prompt, then generated); once the reply has
-    spent its budget inside ``<think>`` it leaves only the next id of ``</think>`` possible.
-    """
-
-    def __init__(self, engine, n: int):
-        self.engine = engine
-        self.n = n
-        self.budget = None
-        self._seen = 0
-
-    def __call__(self, input_ids, scores):
-        import numpy as np
-
-        ids = [int(t) for t in input_ids]
-        if self.budget is None:  # the first call: the prompt
-            self.budget = self.engine._thinking_budget(ids, self.n)
-        else:
-            for t in ids[self._seen :]:
-                self.budget.feed(t)
-        self._seen = len(ids)
-        forced = self.budget.forced()
-        if forced is None:
-            return scores
-        out = np.full_like(scores, -np.inf)
-        out[forced] = 0.0
-        return out
-
-
 def request_logits_processors(params: GenerationParams | None, engine) -> list:
     """Per-request logits processors for llama-cpp-python (the GGUF twin of
     ``phiflash.serve.mlx.request_logits_processors``)."""
     processors: list = []
     if params is not None and params.thinking_budget > 0:
-        processors.append(BudgetLogitsProcessor(engine, params.thinking_budget))
+        from phiflash_gguf.thinking import budget_logits_processor
+
+        processors.append(budget_logits_processor(engine.llm, params.thinking_budget))
     return processors
 
 
