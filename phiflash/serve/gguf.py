@@ -22,8 +22,7 @@ from __future__ import annotations
 import json
 from contextvars import ContextVar
 
-from phiflash.engine import GenerationParams, check_context
-from phiflash.errors import ContextLengthError
+from phiflash.engine import GenerationParams
 from phiflash.serve.options import (
     CHAT_PATHS,
     COUNT_TOKENS_PATH,
@@ -31,6 +30,8 @@ from phiflash.serve.options import (
     Classroom,
     RequestError,
     check_messages,
+    check_room_context,
+    parse_body,
     validate,
 )
 
@@ -110,10 +111,7 @@ async def _read_json(receive):
             raise RequestError(400, "the client went away")
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
-    try:
-        return json.loads(b"".join(chunks).decode() or "null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RequestError(400, f"the body is not valid JSON ({e})") from None
+    return parse_body(b"".join(chunks))
 
 
 class ClassroomMiddleware:
@@ -172,10 +170,7 @@ class ClassroomMiddleware:
             n = await run_in_threadpool(self.engine.count_tokens, body["messages"])
         else:
             n = len(await run_in_threadpool(self.engine.tokenize, body["prompt"]))
-        try:
-            check_context(n, params.max_tokens, self.room.context_limit)
-        except ContextLengthError as e:
-            raise RequestError(400, str(e), "context_length_exceeded") from None
+        check_room_context(n, params, self.room)
 
     @staticmethod
     def _with_body(scope, receive, body: dict, chat: bool):

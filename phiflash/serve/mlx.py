@@ -26,8 +26,7 @@ import threading
 
 from mlx_lm import server as mlx_server
 
-from phiflash.engine import DEFAULT_TEMP, DEFAULT_TOP_P, GenerationParams, check_context
-from phiflash.errors import ContextLengthError
+from phiflash.engine import DEFAULT_TEMP, DEFAULT_TOP_P, GenerationParams
 from phiflash.serve.options import (
     CHAT_PATHS,
     COUNT_TOKENS_PATH,
@@ -35,6 +34,8 @@ from phiflash.serve.options import (
     Classroom,
     RequestError,
     check_messages,
+    check_room_context,
+    parse_body,
     validate,
 )
 
@@ -186,10 +187,7 @@ class ClassroomHandler(mlx_server.APIHandler):
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             raise RequestError(411, "a Content-Length header is required") from None
-        try:
-            return json.loads(self.rfile.read(length).decode() or "null")
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RequestError(400, f"the body is not valid JSON ({e})") from None
+        return parse_body(self.rfile.read(length))
 
     def do_GET(self):
         try:
@@ -252,12 +250,7 @@ class ClassroomHandler(mlx_server.APIHandler):
 
     def _check_context(self, body: dict, params: GenerationParams) -> None:
         """The project's one overflow rule, before the request is queued."""
-        try:
-            check_context(
-                self._prompt_tokens(body), params.max_tokens, self.classroom.context_limit
-            )
-        except ContextLengthError as e:
-            raise RequestError(400, str(e), "context_length_exceeded") from None
+        check_room_context(self._prompt_tokens(body), params, self.classroom)
 
     def _count_tokens(self, body) -> None:
         body = {"messages": check_messages(body if isinstance(body, dict) else {}, self.classroom)}

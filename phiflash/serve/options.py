@@ -13,6 +13,7 @@ plus the line that applies it.
 from __future__ import annotations
 
 import hmac
+import json
 import threading
 from dataclasses import dataclass, field
 
@@ -21,9 +22,10 @@ from phiflash.engine import (
     DEFAULT_TEMP,
     DEFAULT_TOP_P,
     GenerationParams,
+    check_context,
     default_max_tokens,
 )
-from phiflash.errors import PhiflashError
+from phiflash.errors import ContextLengthError, PhiflashError
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 TEXT_PATHS = ("/v1/completions",)
@@ -244,6 +246,22 @@ def check_messages(body: dict, room: Classroom) -> list[dict]:
         )
     head = [{"role": "system", "content": room.system_prompt}]
     return head + [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def parse_body(data: bytes):
+    """A request body's JSON (an empty body reads as null), or a RequestError."""
+    try:
+        return json.loads(data.decode() or "null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(400, f"the body is not valid JSON ({e})") from None
+
+
+def check_room_context(prompt_tokens: int, params: GenerationParams, room: Classroom) -> None:
+    """The project's one overflow rule for a request, before it is queued (a RequestError)."""
+    try:
+        check_context(prompt_tokens, params.max_tokens, room.context_limit)
+    except ContextLengthError as e:
+        raise RequestError(400, str(e), "context_length_exceeded") from None
 
 
 def validate(body, room: Classroom, chat: bool) -> tuple[dict, GenerationParams]:
