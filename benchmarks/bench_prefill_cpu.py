@@ -5,7 +5,8 @@ one chunk of ``--tokens`` tokens the way mlx-lm does (one model call, cache stat
 no logits). The scan is timed inside the prefill: its inputs are evaluated before it starts and
 its outputs when it ends, so "scan" is the time of the Mamba layers' selective scans and
 "rest" everything else of the same prefill. Every scan implementation runs in every repeat,
-interleaved (the CPU may be shared), and the table gives medians:
+interleaved in an order that rotates from repeat to repeat (the CPU may be shared), and the
+table gives medians:
 
 * ``chunked``: the prompt path (``ssm_scan_chunked``: blocks scanned side by side, each decay
   computed once);
@@ -107,8 +108,8 @@ def main(argv=None) -> int:
     for name in names:  # warm-up: compiles every kernel shape
         prefill(model, tokens, name)
     runs = {name: [] for name in names}
-    for _ in range(a.repeat):
-        for name in names:
+    for rep in range(a.repeat):  # the order rotates: a load that drifts favours no variant
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             runs[name].append(prefill(model, tokens, name))
             print(name, json.dumps(runs[name][-1]), flush=True)
     print()
