@@ -3,6 +3,9 @@ from pathlib import Path
 
 import pytest
 
+# the shared test helpers assert too: rewrite them as pytest does test modules (before any import)
+pytest.register_assert_rewrite("serve_util", "tui_util")
+
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,3 +35,13 @@ def tiny_bf16():
     from phiflash_mlx import load
 
     return load(TINY)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """The chat's history store in a fresh folder (the TUI tests)."""
+    from phiflash.tui.history import HistoryStore
+
+    s = HistoryStore(tmp_path / "history.sqlite3")
+    yield s
+    s.close()

@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from phiflash.engine import GenerationParams
+
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180
 REQUEST_TIMEOUT_S = 300
@@ -27,35 +29,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """``phiflash serve --model MODEL ARGS`` on a free port."""
+def server_env() -> dict:
+    """The environment a test server runs in: offline, transformers quiet."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
 
-    def __init__(self, model, log_path: Path, *args: str, api_key: str | None = KEY):
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        self.api_key = api_key
+
+class ServerProcess:
+    """A server command in a subprocess, up once :meth:`is_up`; the context manager always
+    stops it (terminate, then kill)."""
+
+    start_timeout_s = START_TIMEOUT_S
+
+    def __init__(self, cmd: list[str], log_path: Path, env: dict):
         self.log_path = log_path
         self.log = open(log_path, "w")
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-        env.pop("PHIFLASH_API_KEY", None)
-        cmd = [sys.executable, "-m", "phiflash.cli", "serve", "--model", str(model)]
-        cmd += ["--port", str(self.port), *args]
-        if api_key is not None:
-            cmd += ["--api-key", api_key]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def is_up(self) -> bool:
+        raise NotImplementedError
 
     def __enter__(self):
         try:
-            deadline = time.monotonic() + START_TIMEOUT_S
+            deadline = time.monotonic() + self.start_timeout_s
             while time.monotonic() < deadline:
                 assert self.proc.poll() is None, f"server exited: {self.tail()}"
                 try:
-                    if self.request("GET", "/health", auth=False)[0] == 200:
+                    if self.is_up():
                         return self
                 except OSError:
                     pass
                 time.sleep(0.2)
-            raise AssertionError(f"server not up in {START_TIMEOUT_S}s: {self.tail()}")
+            raise AssertionError(f"server not up in {self.start_timeout_s}s: {self.tail()}")
         except BaseException:
             self.stop()
             raise
@@ -76,6 +80,25 @@ class Server:
     def tail(self) -> str:
         self.log.flush()
         return self.log_path.read_text()[-3000:]
+
+
+class Server(ServerProcess):
+    """``phiflash serve --model MODEL ARGS`` on a free port."""
+
+    def __init__(self, model, log_path: Path, *args: str, api_key: str | None = KEY):
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.api_key = api_key
+        env = server_env()
+        env.pop("PHIFLASH_API_KEY", None)
+        cmd = [sys.executable, "-m", "phiflash.cli", "serve", "--model", str(model)]
+        cmd += ["--port", str(self.port), *args]
+        if api_key is not None:
+            cmd += ["--api-key", api_key]
+        super().__init__(cmd, log_path, env)
+
+    def is_up(self) -> bool:
+        return self.request("GET", "/health", auth=False)[0] == 200
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once /health reports no request in flight (a request is counted out just
@@ -149,6 +172,14 @@ class Server:
             c.close()
 
 
+def solo(engine, messages, max_tokens=128, thinking_budget=0):
+    """The engine's own answer at temperature 0 from an empty cache: (text, finish_reason)."""
+    engine.reset()
+    params = GenerationParams(max_tokens, 0.0, thinking_budget=thinking_budget)
+    chunks = list(engine.stream(messages, params))
+    return "".join(c.text for c in chunks), chunks[-1].finish_reason
+
+
 def overlapped(timed: list) -> bool:
     """True when every stream of ``timed`` (stream_timed results) was still producing tokens
     when each other one had started: decoded together, not one after another."""
@@ -219,3 +250,47 @@ def bad_requests(other_model_path: str) -> list[tuple[str, dict, int, str]]:
         ("wrong key", dict(body=good, key="guess"), 401, "API key"),
         ("no key", dict(body=good, auth=False), 401, "API key"),
     ]
+
+
+# -- checks both servers (MLX and GGUF) pass alike ----------------------------------------------
+def check_streaming_gives_the_same_text_piece_by_piece(server):
+    _, resp = server.chat(user(QUESTIONS[1]), max_tokens=128, temperature=0)
+    text, finish, events = server.stream(user(QUESTIONS[1]), max_tokens=128, temperature=0)
+    assert (text, finish) == answer(resp)
+    assert events > 10  # token by token, not one block at the end
+
+
+def check_bad_request(server, label, kwargs, status, words):
+    got, body = server.request("POST", "/v1/chat/completions", **kwargs)
+    assert got == status, (label, body)
+    assert isinstance(body, dict) and words in body["error"]["message"], body
+    ok, resp = server.chat(user("What is 2 + 3?"), max_tokens=64, temperature=0)
+    assert ok == 200 and answer(resp)[0], resp
+
+
+def check_thinking_budget_per_request(server, engine):
+    msgs = user(QUESTIONS[0])
+    status, resp = server.chat(msgs, max_tokens=128, temperature=0, thinking_budget=5)
+    assert status == 200, resp
+    short = answer(resp)
+    assert short == solo(engine, msgs, thinking_budget=5)  # the engine's own budget
+    assert short != solo(engine, msgs) and short[0].index("</think>") < 60
+    assert server.chat(msgs, thinking_budget=-1)[0] == 400
+    # one request with a budget and one without, at the same time: each keeps its own
+    both = concurrently(
+        lambda b: server.chat(msgs, max_tokens=128, temperature=0, thinking_budget=b), [5, 0]
+    )
+    assert [answer(r) for _, r in both] == [short, solo(engine, msgs)]
+
+
+def check_sampling_parameters_change_the_output(server):
+    def text(**p):
+        status, resp = server.chat(user("hello"), max_tokens=30, top_p=1.0, **p)
+        assert status == 200, resp
+        return answer(resp)[0]
+
+    greedy = text(temperature=0)
+    hot = text(temperature=2.0, seed=1)
+    assert hot != greedy  # temperature reaches the sampler
+    assert text(temperature=2.0, seed=1) == hot  # the seed too
+    assert text(temperature=2.0, seed=1, top_k=1) == greedy  # and top_k

@@ -12,24 +12,22 @@ one BatchGenerator together, and asserts from the streams that they were decoded
 
 import http.client
 import json
-import os
 import socket
-import subprocess
 import sys
 import threading
 import time
 
 import pytest
+from serve_util import HOST, QUESTIONS, ServerProcess, free_port, server_env
 
 from phiflash.paths import DEFAULT_MODEL_DIR
 from phiflash.quantize.convert import convert
 
-HOST = "127.0.0.1"
 MAX_TOKENS = 64
 START_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 120
 
-# Different system prompts (cached as prefix states by the server) and questions: four
+# Different system prompts (cached as prefix states by the server) and questions (QUESTIONS): four
 # clearly different prompt lengths.
 SYSTEMS = [
     "You are a tutor.",
@@ -37,13 +35,6 @@ SYSTEMS = [
     "You are a math tutor.",
     "You are a careful, friendly math tutor. Explain each step of the working briefly, check "
     "the result, and put the final answer in a box at the end of your reply.",
-]
-QUESTIONS = [
-    "What is 47 + 38?",
-    "Compute 12 * 7.",
-    "A shop sells pens at 3 dollars each. Tom buys 14 pens and pays with a 50 dollar note. "
-    "How much change does he get back, in dollars?",
-    "Solve for x: 5x - 9 = 31.",
 ]
 FOLLOW_UP = (3, "What is 250 - 175?")  # reuses SYSTEMS[3], a prefix from the batched prefill
 
@@ -59,57 +50,19 @@ def model_dir(tmp_path_factory):
     return out
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-class Server:
+class Server(ServerProcess):
     """`python -m mlx_lm.server` in a subprocess, stopped by the context manager."""
+
+    start_timeout_s = START_TIMEOUT_S
 
     def __init__(self, model_dir, log_path):
         self.port = free_port()
-        self.log_path = log_path
-        self.log = open(log_path, "w")
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
         cmd = [sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir)]
         cmd += ["--trust-remote-code", "--host", HOST, "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        super().__init__(cmd, log_path, server_env())
 
-    def __enter__(self):
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, f"server exited: {self.tail()}"
-                try:
-                    status, _ = self.get("/health")
-                    if status == 200:
-                        return self
-                except OSError:
-                    pass
-                time.sleep(0.2)
-            raise AssertionError(f"server not up in {START_TIMEOUT_S}s: {self.tail()}")
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=20)
-        self.log.close()
-
-    def tail(self):
-        self.log.flush()
-        return self.log_path.read_text()[-2000:]
+    def is_up(self) -> bool:
+        return self.get("/health")[0] == 200
 
     def conn(self):
         return http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT_S)

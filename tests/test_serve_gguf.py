@@ -14,8 +14,13 @@ from serve_util import (
     Server,
     answer,
     bad_requests,
+    check_bad_request,
+    check_sampling_parameters_change_the_output,
+    check_streaming_gives_the_same_text_piece_by_piece,
+    check_thinking_budget_per_request,
     concurrently,
     overlapped,
+    solo,
     user,
 )
 
@@ -48,13 +53,6 @@ def engine(tutor_gguf):
     return GGUFEngine(str(tutor_gguf), n_threads=2)
 
 
-def solo(engine, messages, max_tokens=128, thinking_budget=0):
-    engine.reset()
-    params = GenerationParams(max_tokens, 0.0, thinking_budget=thinking_budget)
-    chunks = list(engine.stream(messages, params))
-    return "".join(c.text for c in chunks), chunks[-1].finish_reason
-
-
 def test_chat_completion_is_the_engines_answer(server, engine, tutor_gguf):
     status, resp = server.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
     assert status == 200, resp
@@ -66,10 +64,7 @@ def test_chat_completion_is_the_engines_answer(server, engine, tutor_gguf):
 
 
 def test_streaming_gives_the_same_text_piece_by_piece(server):
-    _, resp = server.chat(user(QUESTIONS[1]), max_tokens=128, temperature=0)
-    text, finish, events = server.stream(user(QUESTIONS[1]), max_tokens=128, temperature=0)
-    assert (text, finish) == answer(resp)
-    assert events > 10
+    check_streaming_gives_the_same_text_piece_by_piece(server)
 
 
 def test_concurrent_requests_queue_and_none_is_cut_off(server, engine):
@@ -92,11 +87,7 @@ def test_concurrent_requests_queue_and_none_is_cut_off(server, engine):
 
 @pytest.mark.parametrize("label,kwargs,status,words", bad_requests(str(DEFAULT_MODEL_DIR)))
 def test_bad_request_is_4xx_json_and_the_server_keeps_serving(server, label, kwargs, status, words):
-    got, body = server.request("POST", "/v1/chat/completions", **kwargs)
-    assert got == status, (label, body)
-    assert isinstance(body, dict) and words in body["error"]["message"], body
-    ok, resp = server.chat(user("What is 2 + 3?"), max_tokens=64, temperature=0)
-    assert ok == 200 and answer(resp)[0], resp
+    check_bad_request(server, label, kwargs, status, words)
 
 
 def test_stock_endpoints_outside_the_classroom_are_closed(server):
@@ -108,31 +99,11 @@ def test_stock_endpoints_outside_the_classroom_are_closed(server):
 
 
 def test_thinking_budget_per_request(server, engine):
-    msgs = user(QUESTIONS[0])
-    status, resp = server.chat(msgs, max_tokens=128, temperature=0, thinking_budget=5)
-    assert status == 200, resp
-    short = answer(resp)
-    assert short == solo(engine, msgs, thinking_budget=5)  # the engine's own budget
-    assert short != solo(engine, msgs) and short[0].index("</think>") < 60
-    assert server.chat(msgs, thinking_budget=-1)[0] == 400
-    # one request with a budget and one without, at the same time: each keeps its own
-    both = concurrently(
-        lambda b: server.chat(msgs, max_tokens=128, temperature=0, thinking_budget=b), [5, 0]
-    )
-    assert [answer(r) for _, r in both] == [short, solo(engine, msgs)]
+    check_thinking_budget_per_request(server, engine)
 
 
 def test_sampling_parameters_change_the_output(server):
-    def text(**p):
-        status, resp = server.chat(user("hello"), max_tokens=30, top_p=1.0, **p)
-        assert status == 200, resp
-        return answer(resp)[0]
-
-    greedy = text(temperature=0)
-    hot = text(temperature=2.0, seed=1)
-    assert hot != greedy
-    assert text(temperature=2.0, seed=1) == hot
-    assert text(temperature=2.0, seed=1, top_k=1) == greedy
+    check_sampling_parameters_change_the_output(server)
 
 
 def test_models_health_count_and_overflow(server, engine, tutor_gguf):

@@ -12,12 +12,16 @@ from serve_util import (
     Server,
     answer,
     bad_requests,
+    check_bad_request,
+    check_sampling_parameters_change_the_output,
+    check_streaming_gives_the_same_text_piece_by_piece,
+    check_thinking_budget_per_request,
     concurrently,
     overlapped,
+    solo,
     user,
 )
 
-from phiflash.engine import GenerationParams
 from phiflash.paths import DEFAULT_MODEL_DIR
 
 TINY = Path(__file__).parent / "fixtures" / "sambay-tiny"
@@ -39,13 +43,6 @@ def engine():
     return MLXEngine(str(DEFAULT_MODEL_DIR))
 
 
-def solo(engine, messages, max_tokens=128, thinking_budget=0):
-    engine.reset()
-    params = GenerationParams(max_tokens, 0.0, thinking_budget=thinking_budget)
-    chunks = list(engine.stream(messages, params))
-    return "".join(c.text for c in chunks), chunks[-1].finish_reason
-
-
 def test_chat_completion_is_the_engines_answer(server, engine):
     status, resp = server.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
     assert status == 200, resp
@@ -57,10 +54,7 @@ def test_chat_completion_is_the_engines_answer(server, engine):
 
 
 def test_streaming_gives_the_same_text_piece_by_piece(server):
-    _, resp = server.chat(user(QUESTIONS[1]), max_tokens=128, temperature=0)
-    text, finish, events = server.stream(user(QUESTIONS[1]), max_tokens=128, temperature=0)
-    assert (text, finish) == answer(resp)
-    assert events > 10  # token by token, not one block at the end
+    check_streaming_gives_the_same_text_piece_by_piece(server)
 
 
 def test_concurrent_requests_are_all_answered_in_full(server, engine):
@@ -84,11 +78,7 @@ def test_concurrent_requests_are_all_answered_in_full(server, engine):
 
 @pytest.mark.parametrize("label,kwargs,status,words", bad_requests(str(TINY)))
 def test_bad_request_is_4xx_json_and_the_server_keeps_serving(server, label, kwargs, status, words):
-    got, body = server.request("POST", "/v1/chat/completions", **kwargs)
-    assert got == status, (label, body)
-    assert isinstance(body, dict) and words in body["error"]["message"], body
-    ok, resp = server.chat(user("What is 2 + 3?"), max_tokens=64, temperature=0)
-    assert ok == 200 and answer(resp)[0], resp
+    check_bad_request(server, label, kwargs, status, words)
 
 
 def test_a_request_never_loads_another_model(server, engine):
@@ -101,31 +91,11 @@ def test_a_request_never_loads_another_model(server, engine):
 
 
 def test_thinking_budget_per_request(server, engine):
-    msgs = user(QUESTIONS[0])
-    status, resp = server.chat(msgs, max_tokens=128, temperature=0, thinking_budget=5)
-    assert status == 200, resp
-    short = answer(resp)
-    assert short == solo(engine, msgs, thinking_budget=5)  # the engine's own budget
-    assert short != solo(engine, msgs) and short[0].index("</think>") < 60
-    assert server.chat(msgs, thinking_budget=-1)[0] == 400
-    # one request with a budget and one without, at the same time: each keeps its own
-    both = concurrently(
-        lambda b: server.chat(msgs, max_tokens=128, temperature=0, thinking_budget=b), [5, 0]
-    )
-    assert [answer(r) for _, r in both] == [short, solo(engine, msgs)]
+    check_thinking_budget_per_request(server, engine)
 
 
 def test_sampling_parameters_change_the_output(server):
-    def text(**p):
-        status, resp = server.chat(user("hello"), max_tokens=30, top_p=1.0, **p)
-        assert status == 200, resp
-        return answer(resp)[0]
-
-    greedy = text(temperature=0)
-    hot = text(temperature=2.0, seed=1)
-    assert hot != greedy  # temperature reaches the sampler
-    assert text(temperature=2.0, seed=1) == hot  # the seed too
-    assert text(temperature=2.0, seed=1, top_k=1) == greedy  # and top_k
+    check_sampling_parameters_change_the_output(server)
 
 
 def test_models_health_and_token_count(server, engine):
