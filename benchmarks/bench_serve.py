@@ -21,7 +21,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -30,6 +29,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from _common import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -43,16 +44,6 @@ QUESTIONS = [
     "What is 1000 - 1?",
     "Solve for y: 3y + 4 = 19.",
 ]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def free_port() -> int:
@@ -214,7 +205,7 @@ def main(argv=None) -> int:
         log.close()
     res = {
         "model": Path(model).name,
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "students": args.students,
