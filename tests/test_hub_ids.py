@@ -7,12 +7,12 @@ library reads it as it would after ``hf download`` (nothing is stubbed).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pytest
 from conftest import TINY
+from hub_util import add_to_hub_cache, offline_hub
 
 from phiflash.cli import main as cli_main
 from phiflash.errors import ModelLoadError
@@ -20,40 +20,12 @@ from phiflash.paths import DEFAULT_MODEL_DIR, REAL_MODEL, resolve_model
 
 TINY_REPO = "phiflash-test/sambay-tiny"
 TUTOR_REPO = "phiflash-test/tutor"
-SKIP = {"golden.npz", "eval"}
-
-
-def add_to_hub_cache(cache: Path, repo: str, src: Path, commit: str | None = None) -> Path:
-    """Put the files of ``src`` into ``cache`` as huggingface_hub stores a download of
-    ``repo``'s main branch; returns the snapshot folder."""
-    folder = cache / ("models--" + repo.replace("/", "--"))
-    files = sorted(p for p in src.iterdir() if p.is_file() and p.name not in SKIP)
-    commit = (
-        commit or hashlib.sha1(repo.encode() + b"".join(f.name.encode() for f in files)).hexdigest()
-    )
-    snap = folder / "snapshots" / commit
-    (folder / "blobs").mkdir(parents=True, exist_ok=True)
-    snap.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        data = f.read_bytes()
-        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
-        if not blob.exists():
-            blob.write_bytes(data)
-        link = snap / f.name
-        if not link.exists():
-            os.symlink(os.path.relpath(blob, snap), link)
-    (folder / "refs").mkdir(exist_ok=True)
-    (folder / "refs" / "main").write_text(commit)
-    return snap
 
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     """An offline HF cache holding the fixture, the tutor, and the tutor as the real repo id."""
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("PHIFLASH_MODELS_DIR", str(tmp_path / "store"))
+    cache = offline_hub(monkeypatch, tmp_path, tmp_path / "store")
     snaps = {
         TINY_REPO: add_to_hub_cache(cache, TINY_REPO, TINY),
         TUTOR_REPO: add_to_hub_cache(cache, TUTOR_REPO, DEFAULT_MODEL_DIR),

@@ -11,7 +11,7 @@ import asyncio
 import json
 
 import pytest
-from test_hub_ids import add_to_hub_cache
+from hub_util import add_to_hub_cache, offline_hub
 
 from phiflash.cli import main as cli_main
 from phiflash.engines import open_engine, slow_path_notice
@@ -31,10 +31,7 @@ ARGS = ["--prompt", "What is 12 + 30?", "--temp", "0", "--max-tokens", "40", "--
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("PHIFLASH_MODELS_DIR", str(tmp_path / "models"))
+    cache = offline_hub(monkeypatch, tmp_path, tmp_path / "models")
     snap = add_to_hub_cache(cache, REAL_MODEL, DEFAULT_MODEL_DIR)
     return tmp_path / "models", snap
 

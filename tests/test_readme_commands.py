@@ -14,7 +14,6 @@ is capped at :data:`MAX_TOKENS`; ``phiflash`` and ``python`` are this venv's.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY
+from hub_util import add_to_hub_cache
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -157,23 +157,6 @@ def stage(cmd: str) -> int:
     if re.match(r"^phiflash cache-prompt\b", program(cmd)):
         return 1
     return 2
-
-
-def add_to_hub_cache(cache: Path, repo: str, src: Path) -> None:
-    """``src``'s files laid out as huggingface_hub caches a download of ``repo``'s main."""
-    folder = cache / ("models--" + repo.replace("/", "--"))
-    files = sorted(p for p in src.iterdir() if p.is_file())
-    commit = hashlib.sha1(repo.encode()).hexdigest()
-    snap = folder / "snapshots" / commit
-    snap.mkdir(parents=True)
-    (folder / "blobs").mkdir()
-    for f in files:
-        data = f.read_bytes()
-        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        os.symlink(os.path.relpath(blob, snap), snap / f.name)
-    (folder / "refs").mkdir()
-    (folder / "refs" / "main").write_text(commit)
 
 
 ALL = readme_commands()
