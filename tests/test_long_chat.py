@@ -9,7 +9,9 @@ import functools
 import threading
 
 import pytest
+import tui_util
 from textual.widgets import Static
+from tui_util import asynctest
 
 from phiflash.engine import (
     CHAT_THINKING_BUDGET,
@@ -20,32 +22,10 @@ from phiflash.engine import (
 )
 from phiflash.paths import DEFAULT_MODEL_DIR
 from phiflash.tui.app import make_app, parse_args
-from phiflash.tui.history import HistoryStore
 from phiflash.tui.screens.chat import NEXT_MESSAGE_ROOM
 from phiflash.tui.widgets.message import ErrorMessage
 
-
-def asynctest(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = HistoryStore(tmp_path / "history.sqlite3")
-    yield s
-    s.close()
-
-
-async def wait_until(pilot, cond, timeout=10.0):
-    for _ in range(int(timeout / 0.01)):
-        if cond():
-            return
-        await pilot.pause(0.01)
-    raise AssertionError("condition not reached")
+wait_until = functools.partial(tui_util.wait_until, timeout=10.0)
 
 
 async def ask(pilot, app, text, wait=True):

@@ -9,13 +9,13 @@ which reports no quantization or context.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
+import functools
 import sys
-import time
 
 import pytest
-from serve_util import KEY, QUESTIONS, Server, answer, free_port, user
+import tui_util
+from serve_util import KEY, QUESTIONS, Server, ServerProcess, answer, free_port, server_env, user
+from tui_util import ask
 
 from phiflash.engine import GenerationParams
 from phiflash.errors import ContextLengthError, PhiflashError
@@ -40,6 +40,23 @@ class RecordingRemote(RemoteEngine):
         return super().stream(messages, params, should_stop)
 
 
+class StockServer(ServerProcess):
+    """Stock ``mlx_lm.server`` on a free port, up once a RemoteEngine opens on it."""
+
+    def __init__(self, model, log_path, env):
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "mlx_lm.server", "--model", str(model)]
+        cmd += ["--port", str(self.port), "--trust-remote-code"]
+        super().__init__(cmd, log_path, env)
+
+    def is_up(self) -> bool:
+        try:
+            self.engine = RemoteEngine(f"http://127.0.0.1:{self.port}")
+        except PhiflashError:
+            return False
+        return True
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-chat") / "server.log"
@@ -47,19 +64,7 @@ def server(tmp_path_factory):
         yield s
 
 
-async def wait_until(pilot, cond, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await pilot.pause(0.02)
-    raise AssertionError("condition not reached")
-
-
-async def ask(pilot, text):
-    await pilot.click("#prompt")
-    await pilot.press(*text)
-    await pilot.press("enter")
+wait_until = functools.partial(tui_util.wait_until, timeout=120.0, step=0.02)
 
 
 def test_chat_asks_streams_stops_and_keeps_history(server, tmp_path):
@@ -166,24 +171,11 @@ def test_against_a_stock_server_the_chat_shows_dashes(tmp_path):
 
     model = tmp_path / "tutor-mlx"
     convert(str(DEFAULT_MODEL_DIR), str(model), progress=False)
-    port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    env = server_env()
     (tmp_path / "hub").mkdir()  # stock /v1/models scans the hub cache and fails without one
     env["HF_HUB_CACHE"] = str(tmp_path / "hub")
-    cmd = [sys.executable, "-m", "mlx_lm.server", "--model", str(model), "--port", str(port)]
-    log = open(tmp_path / "stock.log", "w")
-    proc = subprocess.Popen(cmd + ["--trust-remote-code"], stdout=log, stderr=log, env=env)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            log.flush()
-            tail = (tmp_path / "stock.log").read_text()[-2000:]
-            assert proc.poll() is None and time.monotonic() < deadline, tail
-            try:
-                engine = RemoteEngine(f"http://127.0.0.1:{port}")
-                break
-            except PhiflashError:
-                time.sleep(0.3)
+    with StockServer(model, tmp_path / "stock.log", env) as stock:
+        engine = stock.engine
         assert (engine.name, engine.quantization, engine.context_limit) == (
             "remote",
             NOT_REPORTED,
@@ -207,11 +199,3 @@ def test_against_a_stock_server_the_chat_shows_dashes(tmp_path):
             store.close()
 
         asyncio.run(body())
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
-        log.close()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import threading
 
 import pytest
+from tui_util import ask, asynctest, wait_until
 
 from phiflash.engine import Chunk, FakeEngine
 from phiflash.errors import ContextLengthError, ModelLoadError
@@ -15,16 +14,6 @@ from phiflash.tui.history import HistoryStore
 from phiflash.tui.widgets.message import AssistantMessage, ErrorMessage, UserMessage
 
 REPLY = FakeEngine.reply  # "<think>Add the ones: 2 + 3 = 5.</think>The answer is $\boxed{5}$."
-
-
-def asynctest(fn):
-    """Run an async test with asyncio.run (no async pytest plugin needed)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
 
 
 class GatedEngine(FakeEngine):
@@ -47,29 +36,8 @@ class GatedEngine(FakeEngine):
             yield chunk
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = HistoryStore(tmp_path / "history.sqlite3")
-    yield s
-    s.close()
-
-
 def app_for(engine, store, tmp_path, **kw):
     return make_app(engine, store=store, export_dir=tmp_path, batch_interval=0, **kw)
-
-
-async def wait_until(pilot, cond, timeout=5.0):
-    for _ in range(int(timeout / 0.01)):
-        if cond():
-            return
-        await pilot.pause(0.01)
-    raise AssertionError("condition not reached")
-
-
-async def ask(pilot, text):
-    await pilot.click("#prompt")
-    await pilot.press(*text)
-    await pilot.press("enter")
 
 
 async def ask_and_wait(pilot, app, text):
