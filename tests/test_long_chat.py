@@ -11,13 +11,12 @@ import threading
 import pytest
 import tui_util
 from textual.widgets import Static
-from tui_util import asynctest
+from tui_util import GatedEngine, asynctest
 
 from phiflash.engine import (
     CHAT_THINKING_BUDGET,
     DEFAULT_MAX_TOKENS,
     REASONING_MAX_TOKENS,
-    Chunk,
     FakeEngine,
 )
 from phiflash.paths import DEFAULT_MODEL_DIR
@@ -99,22 +98,6 @@ async def test_long_problem_warns_before_and_refuses_instead_of_failing(store, t
         await pilot.pause()
         assert shown(app, "#context-warning") is None
         assert not app.chat_screen.drop_reasoning
-
-
-class GatedEngine(FakeEngine):
-    """Streams one piece each time the test releases one."""
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.gate = threading.Semaphore(0)
-
-    def stream(self, messages, params, should_stop=None):
-        for chunk in super().stream(messages, params, should_stop):
-            while not self.gate.acquire(timeout=0.01):
-                if should_stop is not None and should_stop():
-                    yield Chunk("", finish_reason="cancelled")
-                    return
-            yield chunk
 
 
 @asynctest

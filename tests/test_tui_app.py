@@ -5,35 +5,15 @@ from __future__ import annotations
 import threading
 
 import pytest
-from tui_util import ask, asynctest, wait_until
+from tui_util import GatedEngine, ask, asynctest, wait_until
 
-from phiflash.engine import Chunk, FakeEngine
+from phiflash.engine import FakeEngine
 from phiflash.errors import ContextLengthError, ModelLoadError
 from phiflash.tui.app import make_app, parse_args
 from phiflash.tui.history import HistoryStore
 from phiflash.tui.widgets.message import AssistantMessage, ErrorMessage, UserMessage
 
 REPLY = FakeEngine.reply  # "<think>Add the ones: 2 + 3 = 5.</think>The answer is $\boxed{5}$."
-
-
-class GatedEngine(FakeEngine):
-    """Streams one piece each time the test calls ``release``."""
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.gate = threading.Semaphore(0)
-
-    def release(self, n: int = 1) -> None:
-        for _ in range(n):
-            self.gate.release()
-
-    def stream(self, messages, params, should_stop=None):
-        for chunk in super().stream(messages, params, should_stop):
-            while not self.gate.acquire(timeout=0.01):
-                if should_stop is not None and should_stop():
-                    yield Chunk("", finish_reason="cancelled")
-                    return
-            yield chunk
 
 
 def app_for(engine, store, tmp_path, **kw):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
+
+from phiflash.engine import Chunk, FakeEngine
 
 
 def asynctest(fn):
@@ -31,3 +34,23 @@ async def ask(pilot, text: str):
     await pilot.click("#prompt")
     await pilot.press(*text)
     await pilot.press("enter")
+
+
+class GatedEngine(FakeEngine):
+    """Streams one piece each time the test calls ``release``."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.gate = threading.Semaphore(0)
+
+    def release(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.gate.release()
+
+    def stream(self, messages, params, should_stop=None):
+        for chunk in super().stream(messages, params, should_stop):
+            while not self.gate.acquire(timeout=0.01):
+                if should_stop is not None and should_stop():
+                    yield Chunk("", finish_reason="cancelled")
+                    return
+            yield chunk
