@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"maximum number of tokens to generate; -1 = until the context is full "
         f"(default {DEFAULT_MAX_TOKENS}; {REASONING_MAX_TOKENS} for a model with a context of "
-        f"{REASONING_CONTEXT // 1024}K or more, such as Phi-4-mini-flash-reasoning)",
+        f"{REASONING_CONTEXT // 1024}K or more, such as Phi-4-mini-flash-reasoning); a prompt "
+        "whose tokens plus --max-tokens exceed the context is refused, never shortened",
     )
     p.add_argument(
         "--thinking-budget",
