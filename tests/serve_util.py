@@ -294,3 +294,28 @@ def check_sampling_parameters_change_the_output(server):
     assert hot != greedy  # temperature reaches the sampler
     assert text(temperature=2.0, seed=1) == hot  # the seed too
     assert text(temperature=2.0, seed=1, top_k=1) == greedy  # and top_k
+
+
+def check_chat_completion_is_the_engines_answer(server, engine, model_id: str):
+    status, resp = server.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
+    assert status == 200, resp
+    text, finish = answer(resp)
+    assert (text, finish) == solo(engine, user(QUESTIONS[0]))
+    assert finish == "stop"  # a whole answer
+    assert resp["model"] == model_id
+    assert resp["usage"]["prompt_tokens"] == engine.count_tokens(user(QUESTIONS[0]))
+
+
+def check_queue_limit(server):
+    """Eight students at once against ``--queue-limit 2``: the rest are told to come back."""
+    results = concurrently(
+        lambda q: server.chat(user(q), max_tokens=200, temperature=0), QUESTIONS * 2
+    )
+    codes = sorted(status for status, _ in results)
+    assert 503 in codes and codes.count(200) >= 2, codes
+    for status, body in results:
+        if status == 503:
+            assert "busy" in body["error"]["message"]
+        else:
+            assert status == 200 and answer(body)[1] == "stop"
+    assert server.wait_idle()  # every admitted request counted out again

@@ -15,6 +15,8 @@ from serve_util import (
     answer,
     bad_requests,
     check_bad_request,
+    check_chat_completion_is_the_engines_answer,
+    check_queue_limit,
     check_sampling_parameters_change_the_output,
     check_streaming_gives_the_same_text_piece_by_piece,
     check_thinking_budget_per_request,
@@ -54,13 +56,7 @@ def engine(tutor_gguf):
 
 
 def test_chat_completion_is_the_engines_answer(server, engine, tutor_gguf):
-    status, resp = server.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
-    assert status == 200, resp
-    text, finish = answer(resp)
-    assert (text, finish) == solo(engine, user(QUESTIONS[0]))
-    assert finish == "stop"  # a whole answer
-    assert resp["model"] == Path(tutor_gguf).name
-    assert resp["usage"]["prompt_tokens"] == engine.count_tokens(user(QUESTIONS[0]))
+    check_chat_completion_is_the_engines_answer(server, engine, Path(tutor_gguf).name)
 
 
 def test_streaming_gives_the_same_text_piece_by_piece(server):
@@ -159,17 +155,7 @@ def test_fixed_system_prompt_and_queue_limit(tutor_gguf, engine, tmp_path):
         status, resp = s.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
         with_system = [{"role": "system", "content": SYSTEM}] + user(QUESTIONS[0])
         assert status == 200 and answer(resp) == solo(engine, with_system, thinking_budget=5)
-        results = concurrently(
-            lambda q: s.chat(user(q), max_tokens=200, temperature=0), QUESTIONS * 2
-        )
-        codes = sorted(status for status, _ in results)
-        assert 503 in codes and codes.count(200) >= 2, codes
-        for status, body in results:
-            if status == 503:
-                assert "busy" in body["error"]["message"]
-            else:
-                assert answer(body)[1] == "stop"
-        assert s.wait_idle()  # every admitted request counted out again
+        check_queue_limit(s)
         assert s.chat(user(QUESTIONS[3]), max_tokens=200, temperature=0)[0] == 200
 
 

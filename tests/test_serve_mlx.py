@@ -13,6 +13,8 @@ from serve_util import (
     answer,
     bad_requests,
     check_bad_request,
+    check_chat_completion_is_the_engines_answer,
+    check_queue_limit,
     check_sampling_parameters_change_the_output,
     check_streaming_gives_the_same_text_piece_by_piece,
     check_thinking_budget_per_request,
@@ -44,13 +46,7 @@ def engine():
 
 
 def test_chat_completion_is_the_engines_answer(server, engine):
-    status, resp = server.chat(user(QUESTIONS[0]), max_tokens=128, temperature=0)
-    assert status == 200, resp
-    text, finish = answer(resp)
-    assert (text, finish) == solo(engine, user(QUESTIONS[0]))
-    assert finish == "stop"  # a whole answer
-    assert resp["model"] == "phiflash-tutor"
-    assert resp["usage"]["prompt_tokens"] == engine.count_tokens(user(QUESTIONS[0]))
+    check_chat_completion_is_the_engines_answer(server, engine, "phiflash-tutor")
 
 
 def test_streaming_gives_the_same_text_piece_by_piece(server):
@@ -144,18 +140,7 @@ def test_fixed_system_prompt_queue_limit_and_one_at_a_time(tmp_path, engine):
         assert status == 400 and "cap of 5" in body["error"]["message"]
         assert answer(resp) == solo(engine, with_system, thinking_budget=5)
         assert resp["usage"]["prompt_tokens"] == engine.count_tokens(with_system)
-        # eight students at once against a limit of two: the rest are told to come back
-        results = concurrently(
-            lambda q: s.chat(user(q), max_tokens=200, temperature=0), QUESTIONS * 2
-        )
-        codes = sorted(status for status, _ in results)
-        assert 503 in codes and codes.count(200) >= 2, codes
-        for status, body in results:
-            if status == 503:
-                assert "busy" in body["error"]["message"]
-            else:
-                assert status == 200 and answer(body)[1] == "stop"
-        assert s.wait_idle()  # every admitted request counted out again
+        check_queue_limit(s)
         # --one-at-a-time: two students at once are answered one after the other
         two = concurrently(
             lambda q: s.stream_timed(user(q), max_tokens=200, temperature=0), QUESTIONS[:2]
