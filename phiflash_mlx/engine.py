@@ -44,10 +44,19 @@ class MLXEngine:
         # as needed, so the engine allocates no fixed context
         self.context_limit = int(self.model.args.max_position_embeddings)
         self.prefill_step_size = prefill_step_size
-        self.backend_note = f"CPU BLAS: {blas.status}"
+        self._blas_note = f"CPU BLAS: {blas.status}"
         self._cache = None
         self._tokens: list[int] = []
         self._pinned = prompt_cache
+
+    @property
+    def backend_note(self) -> str:
+        """What `generate --verbose` prints after the stats: the BLAS in use and, once a
+        prompt has run on a Metal device, whether the Metal scan kernel was turned off."""
+        from phiflash_mlx.model import metal_scan_note
+
+        note = metal_scan_note()
+        return self._blas_note if note is None else f"{self._blas_note}\n{note}"
 
     # -- protocol ---------------------------------------------------------------------------
     def apply_chat_template(self, messages: list[Message]) -> str:

@@ -196,3 +196,13 @@ def test_portable_scan_leaves_state_unchanged_where_dt_is_zero():
         u[1:, :13], dt[1:, :13], A, B[1:, :13], C[1:, :13], D, s0[1:], block=8
     )
     np.testing.assert_allclose(np.array(s[1:]), np.array(s13), rtol=1e-5, atol=1e-6)
+
+
+def test_generate_verbose_prints_the_metal_fallback(monkeypatch):
+    """The one warning also reaches `generate --verbose` through the engine's backend note."""
+    from phiflash_mlx.engine import MLXEngine
+
+    engine = MLXEngine(str(TINY))
+    assert engine.backend_note.startswith("CPU BLAS:")
+    monkeypatch.setitem(model_mod._metal, "note", "Metal selective-scan kernel off (test)")
+    assert engine.backend_note.splitlines()[-1] == "Metal selective-scan kernel off (test)"
