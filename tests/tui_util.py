@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import threading
+import time
 
 from phiflash.engine import Chunk, FakeEngine
 
@@ -19,14 +21,17 @@ def asynctest(fn):
     return wrapper
 
 
-async def wait_until(pilot, cond, timeout: float = 5.0, step: float = 0.01):
-    """Pause the app ``step`` seconds at a time until ``cond()``; at most ``timeout / step``
-    pauses, then an AssertionError."""
-    for _ in range(int(timeout / step)):
+async def wait_until(pilot, cond, timeout: float = 30.0, step: float = 0.01):
+    """Pause the app ``step`` seconds at a time until ``cond()``; after ``timeout`` seconds
+    (wall clock, and at least ``timeout / step`` pauses: CI's 2 cores may be busy), an
+    AssertionError."""
+    deadline = time.monotonic() + timeout
+    for i in itertools.count():
         if cond():
             return
+        if i >= timeout / step and time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
         await pilot.pause(step)
-    raise AssertionError("condition not reached")
 
 
 async def ask(pilot, text: str):

@@ -122,9 +122,8 @@ class AssistantMessage(Vertical):
                 await self._think_stream.stop()
                 await self._answer_stream.stop()
             await self.show_final(self.raw, status)
-        except NoMatches:
-            if self.is_attached:
-                raise
+        except NoMatches:  # its children are gone: the widget is being removed
+            return
 
     async def show_final(self, raw: str, status: str) -> None:
         self.raw = raw
