@@ -564,12 +564,7 @@ class DiffLambda(nn.Module):
         cached = getattr(self, "_lambda_cache", None)
         if not self.training and cached is not None and cached[0] == key:
             return cached[1]
-        f32 = mx.float32
-        lam = (
-            mx.exp(mx.sum(self.lambda_q1.astype(f32) * self.lambda_k1.astype(f32)))
-            - mx.exp(mx.sum(self.lambda_q2.astype(f32) * self.lambda_k2.astype(f32)))
-            + lambda_init
-        )
+        lam = _diff_lambda(self, lambda_init)
         if not self.training:  # a plain attribute, not a parameter
             object.__setattr__(self, "_lambda_cache", (key, lam))
         return lam
@@ -849,6 +844,7 @@ class DecoderLayer(nn.Module):
 
 
 def _diff_lambda(ica: DiffLambda, lambda_init: float):
+    """lambda = exp(q1.k1) - exp(q2.k2) + lambda_init, in float32 (input-independent)."""
     f32 = mx.float32
     return (
         mx.exp(mx.sum(ica.lambda_q1.astype(f32) * ica.lambda_k1.astype(f32)))
