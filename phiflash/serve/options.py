@@ -25,7 +25,7 @@ from phiflash.engine import (
     check_context,
     default_max_tokens,
 )
-from phiflash.errors import ContextLengthError, PhiflashError
+from phiflash.errors import ContextLengthError, InvalidParamsError, PhiflashError
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 TEXT_PATHS = ("/v1/completions",)
@@ -302,6 +302,10 @@ def validate(body, room: Classroom, chat: bool) -> tuple[dict, GenerationParams]
         value = _number(body, name, kind, lo, hi, lo_open)
         if value is not None:
             setattr(params, name, value)
+    try:  # the project's one range rule on top of the server's own bounds (catches NaN too)
+        params.validate({name: name for name in ("top_p", "min_p", "top_k", "max_tokens")})
+    except InvalidParamsError as e:
+        raise RequestError(400, str(e), "invalid_value") from None
     _cap_thinking_budget(params, room)
     out.pop("thinking_budget", None)  # applied by the server's own hook, not a stock field
     out.update(
