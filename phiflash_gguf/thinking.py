@@ -44,6 +44,8 @@ class BudgetLogitsProcessor:
         self._seen = 0
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self.budget is not None and self.budget.state == "done":
+            return scores  # nothing more to force
         total = len(input_ids)
         if self.budget is None:  # the first call: the prompt
             self.budget = thinking_budget(self.llm, input_ids, self.n)

@@ -35,6 +35,8 @@ class BudgetProcessor:
         return self.tokenizer.decode([token])
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        if self.budget is not None and self.budget.state == "done":
+            return logits  # nothing more to force: no host read of the tokens per step
         total = int(tokens.shape[-1])
         if self.budget is None:  # the first call: tokens are the prompt
             tail = tokens.reshape(-1)[-_PROMPT_TAIL:].tolist()
