@@ -766,6 +766,14 @@ class DecoderLayer(nn.Module):
         else:
             self.attn = DiffAttention(args, layer_idx, cross=kind == "cross")
         self.mlp = MLP(args)
+        # The mask this layer reads (Phi4FlashModel makes one per key per call): the Mamba
+        # layers share one, attention layers one per window, cross layers the global layer's.
+        if kind in ("mamba", "mamba_mem"):
+            self.mask_key = "ssm"
+        elif kind in ("swa", "attn"):
+            self.mask_key = self.attn.window
+        else:
+            self.mask_key = "shared" if kind == "cross" else "none"
 
     # Decode steps run as compiled functions of this layer's parameters (see "Compiled decode"
     # below); set False on a layer (or Model.set_compiled_decode) for the uncompiled path.
@@ -940,13 +948,7 @@ class Phi4FlashModel(nn.Module):
         masks = {}
         for i, layer in enumerate(self.layers):
             c = cache[i] if i < len(cache) else None
-            kind = layer.kind
-            if kind in ("mamba", "mamba_mem"):
-                key = "ssm"
-            elif kind in ("swa", "attn"):
-                key = layer.attn.window
-            else:
-                key = "shared" if kind == "cross" else "none"
+            key = layer.mask_key
             if key not in masks:
                 if key == "ssm":
                     masks[key] = ssm_mask(c, T)
@@ -954,7 +956,7 @@ class Phi4FlashModel(nn.Module):
                     masks[key] = None
                 else:
                     masks[key] = attention_mask(c, T, key)
-            if kind == "attn":
+            if layer.kind == "attn":
                 masks["shared"] = masks[key]
             h, memory, shared_kv, hn = layer(h, c, memory, shared_kv, hn, masks[key])
         norm = self.final_layernorm
