@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from phiflash.errors import ModelLoadError
+from phiflash.paths import RESOLUTION_HELP
 
 LogitsFn = Callable[[list[int]], np.ndarray]
 
@@ -142,8 +143,10 @@ def main(argv=None) -> int:
         description="Compare a converted model (MLX dir or .gguf) with its reference: "
         "KL divergence (mean, p99), top-1 agreement and perplexity over a text.",
     )
-    p.add_argument("--reference", required=True, help="reference model dir (e.g. bf16)")
-    p.add_argument("--model", required=True, help="model to judge: MLX dir or .gguf file")
+    p.add_argument(
+        "--reference", required=True, help=f"reference model (e.g. bf16): {RESOLUTION_HELP}"
+    )
+    p.add_argument("--model", required=True, help=f"model to judge: {RESOLUTION_HELP}")
     p.add_argument("--text", default=None, help="UTF-8 text file (default: a built-in passage)")
     p.add_argument("--max-tokens", type=int, default=4096, help="use at most N tokens")
     p.add_argument(
