@@ -429,30 +429,31 @@ def _size(rng: random.Random) -> int:
     return rng.choice((1, 1, 1, 2, 2, 2, 3, 3, 4, 4, 5, 6, 7))
 
 
+def _arith_problem(rng: random.Random, phrasing: str, op: str, a: int, b: int, key: str) -> dict:
+    """One ``a op b`` problem, worked by that operator's long-hand steps."""
+    steps, ans = _STEPS[op](a, b)
+    return dict(
+        question=_arith_question(rng, op, a, b, phrasing),
+        steps=steps,
+        final=f"{a} {op} {b} = \\boxed{{{ans}}}",
+        answer=str(ans),
+        key=key,
+    )
+
+
+_STEPS = {"+": add_steps, "-": sub_steps, "×": mul_steps, "÷": div_steps}
+
+
 def _gen_add(rng: random.Random, phrasing: str) -> dict:
     a, b = _rand_digits(rng, _size(rng)), _rand_digits(rng, _size(rng))
-    steps, ans = add_steps(a, b)
-    return dict(
-        question=_arith_question(rng, "+", a, b, phrasing),
-        steps=steps,
-        final=f"{a} + {b} = \\boxed{{{ans}}}",
-        answer=str(ans),
-        key=f"add:{min(a, b)}+{max(a, b)}",
-    )
+    return _arith_problem(rng, phrasing, "+", a, b, f"add:{min(a, b)}+{max(a, b)}")
 
 
 def _gen_sub(rng: random.Random, phrasing: str) -> dict:
     a, b = _rand_digits(rng, _size(rng)), _rand_digits(rng, _size(rng))
     if a < b and rng.random() < 0.6:  # most differences are positive, a third negative
         a, b = b, a
-    steps, ans = sub_steps(a, b)
-    return dict(
-        question=_arith_question(rng, "-", a, b, phrasing),
-        steps=steps,
-        final=f"{a} - {b} = \\boxed{{{ans}}}",
-        answer=str(ans),
-        key=f"sub:{a}-{b}",
-    )
+    return _arith_problem(rng, phrasing, "-", a, b, f"sub:{a}-{b}")
 
 
 def _gen_mul(rng: random.Random, phrasing: str) -> dict:
@@ -461,14 +462,7 @@ def _gen_mul(rng: random.Random, phrasing: str) -> dict:
     a, b = _rand_digits(rng, na), _rand_digits(rng, nb)
     if rng.random() < 0.5:
         a, b = b, a
-    steps, ans = mul_steps(a, b)
-    return dict(
-        question=_arith_question(rng, "×", a, b, phrasing),
-        steps=steps,
-        final=f"{a} × {b} = \\boxed{{{ans}}}",
-        answer=str(ans),
-        key=f"mul:{min(a, b)}*{max(a, b)}",
-    )
+    return _arith_problem(rng, phrasing, "×", a, b, f"mul:{min(a, b)}*{max(a, b)}")
 
 
 def _gen_div(rng: random.Random, phrasing: str) -> dict:
@@ -477,14 +471,7 @@ def _gen_div(rng: random.Random, phrasing: str) -> dict:
     if q == 0 and rng.random() < 0.7:
         q = rng.randint(1, 9)
     a = b * q
-    steps, ans = div_steps(a, b)
-    return dict(
-        question=_arith_question(rng, "÷", a, b, phrasing),
-        steps=steps,
-        final=f"{a} ÷ {b} = \\boxed{{{ans}}}",
-        answer=str(ans),
-        key=f"div:{a}/{b}",
-    )
+    return _arith_problem(rng, phrasing, "÷", a, b, f"div:{a}/{b}")
 
 
 def _simplify_line(num: int, den: int) -> tuple[str, Fraction]:
