@@ -9,8 +9,23 @@ import sys
 
 from phiflash.engine import Engine
 from phiflash.errors import PhiflashError
+from phiflash.paths import RESOLUTION_HELP
 
 _noticed: set[str] = set()
+
+
+def add_engine_args(parser, model_default: str = "the bundled tutor model") -> None:
+    """The ``--model`` and ``--engine`` options every command that opens an engine takes
+    (their values go to :func:`open_engine`)."""
+    parser.add_argument(
+        "--model", default=None, help=f"{RESOLUTION_HELP} (default: {model_default})"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("mlx", "gguf"),
+        default=None,
+        help="force an engine (default: from the model path)",
+    )
 
 
 def open_engine(model: str | None = None, engine: str | None = None, **kwargs) -> Engine:

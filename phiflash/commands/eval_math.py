@@ -7,8 +7,8 @@ import json
 import os
 
 from phiflash.engine import DEFAULT_MAX_TOKENS, Engine
+from phiflash.engines import add_engine_args
 from phiflash.errors import PhiflashError
-from phiflash.paths import RESOLUTION_HELP
 from phiflash.tutor.data import EVAL_SETS, KINDS, eval_set, kinds_arg
 from phiflash.tutor.evalmath import DEFAULT_N, evaluate, format_table, greedy_params
 
@@ -35,17 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         "follow-ups and refusals, reported apart (answer from the last \\boxed{}, graded "
         "by math-verify).",
     )
-    ap.add_argument(
-        "--model",
-        default=None,
-        help=f"{RESOLUTION_HELP} (default: the bundled tutor model)",
-    )
-    ap.add_argument(
-        "--engine",
-        choices=("mlx", "gguf"),
-        default=None,
-        help="force an engine (default: from the model path)",
-    )
+    add_engine_args(ap)
     ap.add_argument(
         "--sets",
         type=sets_arg,

@@ -15,8 +15,8 @@ from phiflash.engine import (
     GenerationParams,
     default_max_tokens,
 )
+from phiflash.engines import add_engine_args
 from phiflash.errors import InvalidParamsError, PhiflashError
-from phiflash.paths import RESOLUTION_HELP
 
 # what the user typed for each GenerationParams field, so a range error names the flag
 FLAG_NAMES = {
@@ -77,17 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate text with Phi-4-mini-flash-reasoning (SambaY): MLX for a model "
         "directory, the llama.cpp fork for a .gguf file. Flags follow mlx_lm.generate.",
     )
-    p.add_argument(
-        "--model",
-        default=None,
-        help=f"{RESOLUTION_HELP} (default: the bundled tutor model in weights/)",
-    )
-    p.add_argument(
-        "--engine",
-        choices=["mlx", "gguf"],
-        default=None,
-        help="force an engine (default: from the model path)",
-    )
+    add_engine_args(p, "the bundled tutor model in weights/")
     p.add_argument(
         "--prompt",
         "-p",

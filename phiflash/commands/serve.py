@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 from phiflash.console import command_main
 from phiflash.engine import DEFAULT_MAX_TOKENS, REASONING_CONTEXT, REASONING_MAX_TOKENS
+from phiflash.engines import add_engine_args
 from phiflash.errors import PhiflashError
-from phiflash.paths import RESOLUTION_HELP
 
 API_KEY_ENV = "PHIFLASH_API_KEY"
 
@@ -27,8 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
             "`phiflash chat --server http://HOST:PORT` or any OpenAI client."
         ),
     )
-    p.add_argument("--model", help=f"{RESOLUTION_HELP} (default: the bundled tutor model)")
-    p.add_argument("--engine", choices=["mlx", "gguf"], help="force an engine")
+    add_engine_args(p)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
     p.add_argument(
