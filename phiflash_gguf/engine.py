@@ -13,7 +13,6 @@ import numpy as np
 
 from phiflash.engine import Chunk, GenerationParams, Message, check_context
 from phiflash.errors import ContextLengthError, ModelLoadError, WrongArchitectureError
-from phiflash.thinking import ThinkingBudget
 from phiflash_gguf.thinking import thinking_budget
 
 ARCH = "sambay"
@@ -209,7 +208,8 @@ class GGUFEngine:
         n_prompt = len(ids)
         room = self.context_limit - len(ids)
         max_tokens = params.max_tokens if params.max_tokens > 0 else room  # -1: until full
-        budget = self._thinking_budget(ids, params.thinking_budget)
+        n_think = params.thinking_budget
+        budget = thinking_budget(llm, ids, n_think) if n_think > 0 else None
         try:
             t0 = time.perf_counter()
             llm.eval(new)
@@ -245,10 +245,6 @@ class GGUFEngine:
                 yield self._chunk(text, tok, n_prompt, prompt_tps, n_gen, t_gen, None)
         finally:
             lc.llama_sampler_free(sampler)
-
-    def _thinking_budget(self, ids: list[int], n: int) -> ThinkingBudget | None:
-        """The budget's state machine for one reply (None without a budget)."""
-        return thinking_budget(self.llm, ids, n) if n > 0 else None
 
     def _chunk(self, text, tok, n_prompt, prompt_tps, n_gen, t_gen, finish) -> Chunk:
         elapsed = max(time.perf_counter() - t_gen, 1e-9)
