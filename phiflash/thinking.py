@@ -19,6 +19,7 @@ _TAIL = 2 * len(THINK_CLOSE)
 
 
 ASSISTANT = "<|assistant|>"  # where the reply starts in the model's chat template
+PROMPT_TAIL = 64  # the prompt tokens an engine decodes for opens_thinking
 
 
 def opens_thinking(prompt_text: str) -> bool:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from phiflash.thinking import THINK_CLOSE, ThinkingBudget, opens_thinking
-
-_PROMPT_TAIL = 64  # the prompt tokens read to tell whether the reply starts inside <think>
+from phiflash.thinking import PROMPT_TAIL, THINK_CLOSE, ThinkingBudget, opens_thinking
 
 
 def thinking_budget(llm, prompt_ids, n: int) -> ThinkingBudget:
@@ -29,7 +27,7 @@ def thinking_budget(llm, prompt_ids, n: int) -> ThinkingBudget:
         return llm.detokenize([token]).decode("utf-8", "replace")
 
     close = llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=False)
-    tail = [int(t) for t in prompt_ids[-_PROMPT_TAIL:]]
+    tail = [int(t) for t in prompt_ids[-PROMPT_TAIL:]]
     text = llm.detokenize(tail, special=True).decode("utf-8", "replace")
     return ThinkingBudget(int(n), close, piece, inside=opens_thinking(text))
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from phiflash.thinking import THINK_CLOSE, ThinkingBudget, opens_thinking
-
-_PROMPT_TAIL = 64  # prompt tokens decoded to see whether the prompt opened a think block
+from phiflash.thinking import PROMPT_TAIL, THINK_CLOSE, ThinkingBudget, opens_thinking
 
 
 def close_ids(tokenizer) -> list[int]:
@@ -39,7 +37,7 @@ class BudgetProcessor:
             return logits  # nothing more to force: no host read of the tokens per step
         total = int(tokens.shape[-1])
         if self.budget is None:  # the first call: tokens are the prompt
-            tail = tokens.reshape(-1)[-_PROMPT_TAIL:].tolist()
+            tail = tokens.reshape(-1)[-PROMPT_TAIL:].tolist()
             inside = opens_thinking(self.tokenizer.decode(tail))
             self.budget = ThinkingBudget(self.n, self.ids, self._decode, inside)
         elif total > self._seen:
