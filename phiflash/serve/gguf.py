@@ -26,6 +26,7 @@ from phiflash.engine import GenerationParams
 from phiflash.serve.options import (
     CHAT_PATHS,
     COUNT_TOKENS_PATH,
+    DEFAULT_MODEL,
     TEXT_PATHS,
     Classroom,
     RequestError,
@@ -83,7 +84,7 @@ class PinnedProxy:
         self.model_id = model_id
 
     def __call__(self, model: str | None = None):
-        if model not in (None, self.model_id, "default_model"):
+        if model not in (None, self.model_id, DEFAULT_MODEL):
             from fastapi import HTTPException
 
             raise HTTPException(404, f"model {model!r} is not served here")

@@ -30,6 +30,7 @@ from phiflash.engine import DEFAULT_TEMP, DEFAULT_TOP_P, GenerationParams
 from phiflash.serve.options import (
     CHAT_PATHS,
     COUNT_TOKENS_PATH,
+    DEFAULT_MODEL,
     TEXT_PATHS,
     Classroom,
     RequestError,
@@ -38,8 +39,6 @@ from phiflash.serve.options import (
     parse_body,
     validate,
 )
-
-DEFAULT_MODEL = "default_model"  # mlx_lm.server's name for the model given at start
 
 
 def request_logits_processors(params: GenerationParams | None, tokenizer) -> list:

@@ -34,6 +34,8 @@ ROLES = ("system", "user", "assistant")
 # shows (engine, quantization, context); a stock server has none of it
 EXTENSION = "phiflash"
 COUNT_TOKENS_PATH = "/phiflash/count_tokens"
+# mlx_lm.server's name for the model given at start; both servers accept it in requests
+DEFAULT_MODEL = "default_model"
 
 
 class RequestError(PhiflashError):
@@ -54,7 +56,7 @@ class RequestError(PhiflashError):
 class Classroom:
     """What the teacher sets at start (``phiflash serve`` flags)."""
 
-    model_id: str  # the one model name requests may carry (also "default_model")
+    model_id: str  # the one model name requests may carry (also DEFAULT_MODEL)
     engine: str = ""  # "mlx" / "gguf"
     quantization: str = ""
     context_limit: int = 0
@@ -215,7 +217,7 @@ def _cap_thinking_budget(params: GenerationParams, room: Classroom) -> None:
 
 def check_model(body: dict, room: Classroom) -> None:
     model = body.get("model")
-    if model is None or model in (room.model_id, "default_model"):
+    if model is None or model in (room.model_id, DEFAULT_MODEL):
         return
     if not isinstance(model, str):
         raise RequestError(400, f"model must be a string, got {model!r}", "invalid_value")
