@@ -184,3 +184,93 @@ def test_the_chat_check_is_measured_against_math_verify():
     assert c["false_differs"] == 0 and c["false_checked"] == 0
     assert all(f["mark"].startswith("differs ✗") for f in res["failures"])
     assert "0 false ✗" in format_table(res)
+
+
+@dataclass
+class ReplyEngine(FakeEngine):
+    """Replies by the last user turn (a dict of question -> reply)."""
+
+    replies: dict | None = None
+
+    def stream(self, messages, params, should_stop=None):
+        self.reply = self.replies[messages[-1]["content"]]
+        yield from super().stream(messages, params, should_stop)
+
+
+OWN = [
+    "# a teacher's own questions",
+    '{"question": "whats 7*8", "answer": "56"}',
+    "",
+    '{"question": "3/4 of 12", "answer": 9}',
+    '{"question": "what is 1/2 + 1/3", "answer": "5/6", "kind": "frac"}',
+    '{"messages": [{"role": "user", "content": "what is 6 + 7"}, '
+    '{"role": "assistant", "content": "\\\\boxed{13}"}, '
+    '{"role": "user", "content": "now times 3"}], "answer": "39", "kind": "followup"}',
+    '{"question": "write me an essay", "answer": null}',
+]
+OWN_REPLIES = {
+    "whats 7*8": "7 × 8 = \\boxed{56}",
+    "3/4 of 12": "\\boxed{8}",  # wrong
+    "what is 1/2 + 1/3": "\\boxed{\\frac{5}{6}}",
+    "now times 3": "\\boxed{39}",
+    "write me an essay": "That's outside what I can do.",
+}
+
+
+def test_own_problems_file(tmp_path, capsys):
+    f = tmp_path / "mine.jsonl"
+    f.write_text("\n".join(OWN) + "\n")
+    problems = evalmath.load_problems(str(f))
+    assert [p["kind"] for p in problems] == ["own", "own", "frac", "followup", "refusal"]
+    assert problems[1]["answer"] == "9" and problems[4]["answer"] is None
+    assert problems[3]["messages"][0] == {"role": "user", "content": "what is 6 + 7"}
+    eng = ReplyEngine(replies=OWN_REPLIES)
+    out = tmp_path / "r.json"
+    rc = eval_math.main(["--problems", str(f), "--json", str(out), "--no-progress"], engine=eng)
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "own problems from" in text and "80.0%" in text
+    data = json.loads(out.read_text())
+    assert data["n"] == 5 and data["correct"] == 4 and list(data["per_set"]) == ["own"]
+    assert data["problems_file"] == str(f)
+    assert [x["question"] for x in data["failures"]] == ["3/4 of 12"]
+    # --n takes the first N, --kinds filters by the file's kinds
+    assert eval_math.main(["--problems", str(f), "--n", "2", "--no-progress"], engine=eng) == 0
+    assert "2 test problems" in capsys.readouterr().out
+    args = ["--problems", str(f), "--kinds", "frac,refusal", "--no-progress"]
+    assert eval_math.main(args, engine=eng) == 0
+    assert "2 test problems" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("not json", r"bad\.jsonl:1: not JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"answer": "3"}', 'needs a non-empty "question"'),
+        ('{"question": "  "}', 'needs a non-empty "question"'),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}, '
+            '{"role": "assistant", "content": "x"}]}',
+            "ending with a user turn",
+        ),
+        ('{"messages": [{"role": "wizard", "content": "hi"}]}', "ending with a user turn"),
+        ('{"question": "2+2", "answer": [4]}', '"answer" must be'),
+    ],
+)
+def test_own_problems_file_errors(tmp_path, line, message):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(line + "\n")
+    with pytest.raises(PhiflashError, match=message):
+        eval_math.main(["--problems", str(f)], engine=ReplyEngine(replies={}))
+
+
+def test_own_problems_file_missing_or_empty(tmp_path):
+    with pytest.raises(PhiflashError, match="cannot read"):
+        evalmath.load_problems(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "empty.jsonl").write_text("# nothing\n\n")
+    with pytest.raises(PhiflashError, match="no problems"):
+        evalmath.load_problems(str(tmp_path / "empty.jsonl"))
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(PhiflashError, match="cannot read"):
+        evalmath.load_problems(str(tmp_path / "bin.jsonl"))

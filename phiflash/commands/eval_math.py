@@ -10,7 +10,13 @@ from phiflash.engine import DEFAULT_MAX_TOKENS, Engine
 from phiflash.engines import add_engine_args
 from phiflash.errors import PhiflashError
 from phiflash.tutor.data import EVAL_SETS, KINDS, eval_set, kinds_arg
-from phiflash.tutor.evalmath import DEFAULT_N, evaluate, format_table, greedy_params
+from phiflash.tutor.evalmath import (
+    DEFAULT_N,
+    evaluate,
+    format_table,
+    greedy_params,
+    load_problems,
+)
 
 
 class EvalMathError(PhiflashError):
@@ -42,7 +48,20 @@ def _parser() -> argparse.ArgumentParser:
         default=tuple(EVAL_SETS),
         help=f"comma-separated eval sets (default: {','.join(EVAL_SETS)})",
     )
-    ap.add_argument("--n", type=int, default=DEFAULT_N, help=f"per set (default {DEFAULT_N})")
+    ap.add_argument(
+        "--problems",
+        metavar="FILE",
+        default=None,
+        help="your own problems instead of the held-out sets: a JSON Lines file, one "
+        '{"question": "whats 7*8", "answer": "56"} per line ("messages" for a conversation; '
+        'answer null for a request the tutor should refuse); reported as the set "own"',
+    )
+    ap.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help=f"per set (default {DEFAULT_N}; with --problems: the first N, default all)",
+    )
     ap.add_argument("--seed", type=int, default=None, help="problem seed (default: the test one)")
     ap.add_argument(
         "--kinds",
@@ -71,21 +90,29 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, engine: Engine | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.n < 1:
+    if args.n is not None and args.n < 1:
         raise EvalMathError(f"--n must be at least 1, not {args.n}")
     if args.json_out and os.path.exists(args.json_out) and not args.force:
         raise EvalMathError(f"{args.json_out} exists (pass --force to overwrite it)")
-    problems = []
-    for name in args.sets:
-        problems += eval_set(name, args.n, args.seed, args.kinds)
+    if args.problems:
+        problems = load_problems(args.problems)[: args.n]
+        if args.kinds:
+            problems = [p for p in problems if p["kind"] in args.kinds]
+        sets = [f"own problems from {args.problems}"]
+    else:
+        problems = []
+        for name in args.sets:
+            problems += eval_set(name, args.n or DEFAULT_N, args.seed, args.kinds)
+        sets = list(args.sets)
     if not problems:
-        raise EvalMathError("no problems: --kinds leaves none in the chosen --sets")
+        where = args.problems or "the chosen --sets"
+        raise EvalMathError(f"no problems: --kinds leaves none in {where}")
     if engine is None:
         from phiflash.engines import open_engine
 
         engine = open_engine(args.model, args.engine)
     print(
-        f"eval-math: {len(problems)} test problems ({', '.join(args.sets)}), engine "
+        f"eval-math: {len(problems)} test problems ({', '.join(sets)}), engine "
         f"{engine.name} ({engine.quantization}), model {engine.model_path}, greedy, "
         f"max {args.max_tokens} tokens, graded by math-verify"
     )
@@ -112,8 +139,9 @@ def main(argv: list[str] | None = None, engine: Engine | None = None) -> int:
             "model": engine.model_path,
             "engine": engine.name,
             "quantization": engine.quantization,
-            "sets": list(args.sets),
-            "n_per_set": args.n,
+            "sets": sets,
+            "problems_file": args.problems,
+            "n_per_set": args.n or (None if args.problems else DEFAULT_N),
             "seed": args.seed,
             "kinds": list(args.kinds) if args.kinds else None,
             "max_tokens": args.max_tokens,

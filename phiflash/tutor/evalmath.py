@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from phiflash.engine import DEFAULT_MAX_TOKENS, Engine, GenerationParams
+from phiflash.errors import PhiflashError
 from phiflash.tutor.answers import extract_boxed
 from phiflash.tutor.check import check_answer
 from phiflash.tutor.data import EVAL_SETS, KINDS, prompt_messages
@@ -89,6 +90,78 @@ def solve(engine: Engine, messages: list[dict], params: GenerationParams) -> dic
         "tokens": last.generation_tokens if last else 0,
         "finish_reason": last.finish_reason if last else None,
     }
+
+
+class ProblemFileError(PhiflashError):
+    """A ``--problems`` file that cannot be read as problems."""
+
+
+OWN_SET = "own"  # the report name of problems read from a file
+
+
+def load_problems(path: str) -> list[dict]:
+    """Problems of your own from a JSON Lines file, one object per line:
+    ``{"question": "whats 7*8", "answer": "56"}``, or ``{"messages": [...], "answer": ...}``
+    for a conversation that ends with the student's turn (``role`` user/assistant/system).
+    ``answer`` is the gold answer (a number, a fraction such as ``3/4``, LaTeX); ``null`` or no
+    ``answer`` means the right reply is a refusal. An optional ``kind`` groups the per-kind
+    report. Blank lines and lines starting with ``#`` are skipped."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProblemFileError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
+    out = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}:{no}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ProblemFileError(f"{where}: not JSON ({e.msg})") from e
+        if not isinstance(obj, dict):
+            raise ProblemFileError(f"{where}: expected a JSON object")
+        messages = obj.get("messages")
+        if messages is None:
+            question = obj.get("question")
+            if not isinstance(question, str) or not question.strip():
+                raise ProblemFileError(f'{where}: needs a non-empty "question" or "messages"')
+            messages = [{"role": "user", "content": question}]
+        ok = (
+            isinstance(messages, list)
+            and messages
+            and all(
+                isinstance(m, dict)
+                and m.get("role") in ("system", "user", "assistant")
+                and isinstance(m.get("content"), str)
+                for m in messages
+            )
+            and messages[-1]["role"] == "user"
+        )
+        if not ok:
+            raise ProblemFileError(
+                f'{where}: "messages" must be a list of {{role, content}} objects '
+                "ending with a user turn"
+            )
+        answer = obj.get("answer")
+        if answer is not None and not isinstance(answer, str | int | float):
+            raise ProblemFileError(f'{where}: "answer" must be a string, a number or null')
+        kind = obj.get("kind", "refusal" if answer is None else OWN_SET)
+        out.append(
+            {
+                "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+                "answer": None if answer is None else str(answer),
+                "kind": str(kind),
+                "question": messages[-1]["content"],
+                "set": OWN_SET,
+            }
+        )
+    if not out:
+        raise ProblemFileError(f"{path}: no problems in it")
+    return out
 
 
 def _tally(table: dict, key: str, ok: bool) -> None:
@@ -160,7 +233,7 @@ def evaluate(
                 {
                     "set": name,
                     "kind": ex["kind"],
-                    "question": ex.get("question", ex["messages"][-2]["content"]),
+                    "question": ex.get("question") or (users[-1] if users else ""),
                     "gold": ex["answer"],
                     "pred": pred,
                     "reply": out["reply"],
