@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -565,6 +566,12 @@ def train(cfg: TrainConfig) -> dict:
 
     from phiflash.tutor.data import EVAL_SETS, dataset, eval_set
 
+    if cfg.greedy_n and importlib.util.find_spec("math_verify") is None:
+        # checked before training, not when the final evaluation needs it minutes later
+        raise SystemExit(
+            "error: the greedy evaluation grades with math-verify, which is not installed "
+            "(pip install math-verify, or pass --greedy-n 0)"
+        )
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -181,3 +181,14 @@ def test_time_schedule_and_final_eval_on_the_eval_sets(tmp_path):
     # the final greedy eval covers one example of each eval set, graded like eval-math
     assert r["greedy_n"] == 4
     assert set(r["greedy_per_set"]) == {"problems", "phrasings", "followups", "refusals"}
+
+
+def test_a_missing_grader_stops_before_training(tmp_path, monkeypatch):
+    real = T.importlib.util.find_spec
+    monkeypatch.setattr(
+        T.importlib.util, "find_spec", lambda name: None if name == "math_verify" else real(name)
+    )
+    with pytest.raises(SystemExit, match="math-verify.*--greedy-n 0"):
+        T.train(_cfg(tmp_path, steps=3, greedy_n=1))
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    assert T.train(_cfg(tmp_path, steps=1, greedy_n=0))["step"] == 1
