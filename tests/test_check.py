@@ -188,6 +188,10 @@ def test_check_answer_marks():
     # a neutral "percent change" accepts the size of a decrease, a directed one its size only
     assert check_answer("What is the percent change from 80 to 60?", "\\boxed{-25\\%}").ok
     assert check_answer("What is the percent change from 80 to 60?", "\\boxed{25\\%}").ok
+    # ... but an increase given as a decrease is wrong (seen on the bundled model's replies)
+    bad = check_answer("whats the percentage change from 16 to 24", "\\boxed{-50\\%}")
+    assert bad is not None and not bad.ok and bad.expected == "50%"
+    assert check_answer("whats the percentage change from 16 to 24", "\\boxed{50\\%}").ok
     assert check_answer("What is the percent decrease from 80 to 60?", "\\boxed{25\\%}").ok
 
 

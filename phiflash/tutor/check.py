@@ -44,7 +44,7 @@ class Solution:
     kind: str  # "arithmetic" | "percent" | "percent_change" | "linear"
     value: Fraction
     var: str | None = None  # the unknown of an equation
-    signless: bool = False  # "percent change" asked without a direction: ±value both accepted
+    signless: bool = False  # "percent change" asked without a direction: a decrease's size too
     decimal: bool = False  # the question has decimals: show a terminating value as a decimal
 
     def display(self) -> str:
@@ -648,6 +648,6 @@ def check_answer(
         return None
     gold = _plain(sol.value)
     ok = answers_equal(got, gold)
-    if not ok and sol.signless:
+    if not ok and sol.signless and sol.value < 0:  # the size of a decrease, never -increase
         ok = answers_equal(got, _plain(-sol.value))
     return CheckResult(ok=ok, expected=sol.display(), got=boxed)
