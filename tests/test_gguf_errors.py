@@ -442,6 +442,15 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _interruptible() -> None:
+    """In the child before exec: Ctrl-C's default action, as in a terminal. A test run started
+    in the background of a non-interactive shell inherits SIGINT ignored, and Python keeps an
+    ignored SIGINT ignored, so the command would never see the Ctrl-C these tests send."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_quantizing(ckpt: Path, out: Path):
     """Start convert-gguf q4_k_m; return (process, quantizer child pid) once the child runs."""
     import time
@@ -453,6 +462,7 @@ def _start_quantizing(ckpt: Path, out: Path):
         stderr=subprocess.PIPE,
         env=ENV,
         cwd=ROOT,
+        preexec_fn=_interruptible,
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -527,6 +537,7 @@ def test_ctrl_c_while_writing_leaves_nothing(tmp_path, medium_ckpt, cmd):
         stderr=subprocess.PIPE,
         env=ENV,
         cwd=ROOT,
+        preexec_fn=_interruptible,
     )
     deadline = time.monotonic() + 240
     while not [p for p in out_dir.iterdir() if "phiflash-tmp" in p.name]:
