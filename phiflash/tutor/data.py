@@ -1169,6 +1169,14 @@ REFUSAL_TEMPLATES = (
         "Differentiate sin(x) cos(x).",
         "Write a story about {t}.",
         "Recommend a good movie.",
+        # powers of x look like equations but are out of scope (added after stage 8, whose
+        # only quadratic refusal template left it solving "x^2 = 38" as a linear equation)
+        "Find the roots of x^2 + {s}x - {q}.",
+        "Expand (x + {p})^2.",
+        "Simplify x^{p} · x^{s}.",
+        "Complete the square for x^2 + {s}x.",
+        "Graph y = x^2 + {p}.",
+        "what is the vertex of y = x^2 - {s}x",
     ),
     (
         "Write a short story about {t}.",
