@@ -1,5 +1,5 @@
 """Per-layer-kind timing of one prefill chunk (after 2048 cached tokens) and one decode step;
-with ``--kernels``, the primitives of one whole decode step instead.
+with ``--kernels``, the primitives of one whole decode step and the host time to build it.
 
 python benchmarks/profile_layers.py [--tokens 2048] [--quick]
 python benchmarks/profile_layers.py --kernels [--ctx 64]
@@ -11,7 +11,9 @@ a graph's primitives do not depend on width), fills their caches, runs one decod
 path, phi3 as mlx-lm runs it. "kernels" leaves out the primitives that only make a view
 (reshape, transpose, slice, broadcast, ...). The counts are of the graph MLX evaluates on the
 device it runs on: on CPU, attention is MLX's decomposed fallback (a few primitives where a GPU
-runs one fused kernel).
+runs one fused kernel). "build ms" is the host time to build that token's graph (Python and
+the replay of the compiled functions' tapes; nothing is evaluated), the median of 200 tokens:
+work the CPU does for every token whatever device then runs the kernels.
 """
 
 import argparse
@@ -19,7 +21,9 @@ import collections
 import json
 import os
 import re
+import statistics
 import tempfile
+import time
 
 import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
@@ -78,7 +82,19 @@ def count_decode(model, ctx: int) -> dict:
     logits = model(tok, cache=cache)
     prims = graph_primitives([logits] + cache_arrays(cache))
     kernels = sum(n for name, n in prims.items() if name not in VIEWS)
-    return {"primitives": sum(prims.values()), "kernels": kernels, "by_name": dict(prims)}
+    mx.eval(logits, cache_arrays(cache))
+    build = []
+    for _ in range(200):
+        t = time.perf_counter()
+        logits = model(tok, cache=cache)
+        build.append(time.perf_counter() - t)
+        mx.eval(logits, cache_arrays(cache))
+    return {
+        "primitives": sum(prims.values()),
+        "kernels": kernels,
+        "build_ms": statistics.median(build) * 1e3,
+        "by_name": dict(prims),
+    }
 
 
 def count_kernels(ctx: int) -> None:
@@ -94,9 +110,9 @@ def count_kernels(ctx: int) -> None:
     phi.eval()
     rows["phi3 (mlx-lm)"] = count_decode(phi, ctx)
     print(f"one decode token at context {ctx}, device {mx.default_device()}, MLX {mx.__version__}")
-    print("| model | primitives | kernels (no views) |\n|---|---|---|")
+    print("| model | primitives | kernels (no views) | build ms |\n|---|---|---|---|")
     for label, r in rows.items():
-        print(f"| {label} | {r['primitives']} | {r['kernels']} |")
+        print(f"| {label} | {r['primitives']} | {r['kernels']} | {r['build_ms']:.2f} |")
     for label, r in rows.items():
         top = sorted(r["by_name"].items(), key=lambda kv: -kv[1])
         print(label, json.dumps(dict(top)))
