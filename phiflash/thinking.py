@@ -94,3 +94,34 @@ class ThinkingBudget:
         if self.budget and self.thinking_tokens >= self.budget:
             self.state = "closing"
             self._forced = 0
+
+
+class BudgetFeed:
+    """A :class:`ThinkingBudget` fed from a logits processor's view: the whole token list so far
+    at every call (the prompt at the first, one more token at each call after).
+
+    ``start(prompt_tail)`` builds the budget from the prompt's last ``PROMPT_TAIL`` ids. Each
+    processor call passes the list's length and ``last(k)``, its last ``k`` ids as ints, so
+    a processor converts only the new tokens from its own array type.
+    """
+
+    def __init__(self, start: Callable[[list[int]], ThinkingBudget]):
+        self.start = start
+        self.budget: ThinkingBudget | None = None
+        self._seen = 0
+
+    @property
+    def done(self) -> bool:
+        """Nothing more to force for this reply (the processor can skip reading tokens)."""
+        return self.budget is not None and self.budget.state == "done"
+
+    def forced(self, total: int, last: Callable[[int], list[int]]) -> int | None:
+        """The id that must come next after ``total`` tokens, or None (sample freely)."""
+        if self.budget is None:
+            k = min(total, PROMPT_TAIL)
+            self.budget = self.start(last(k) if k else [])
+        elif total > self._seen:
+            for t in last(total - self._seen):
+                self.budget.feed(int(t))
+        self._seen = total
+        return self.budget.forced()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from phiflash.thinking import PROMPT_TAIL, THINK_CLOSE, ThinkingBudget, opens_thinking
+from phiflash.thinking import PROMPT_TAIL, THINK_CLOSE, BudgetFeed, ThinkingBudget, opens_thinking
 
 
 def thinking_budget(llm, prompt_ids, n: int) -> ThinkingBudget:
@@ -38,20 +38,16 @@ class BudgetLogitsProcessor:
             raise ValueError("the thinking budget must be >= 0")
         self.llm = llm
         self.n = int(n)
-        self.budget: ThinkingBudget | None = None
-        self._seen = 0
+        self.feed = BudgetFeed(lambda prompt_tail: thinking_budget(llm, prompt_tail, self.n))
+
+    @property
+    def budget(self) -> ThinkingBudget | None:
+        return self.feed.budget
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        if self.budget is not None and self.budget.state == "done":
+        if self.feed.done:
             return scores  # nothing more to force
-        total = len(input_ids)
-        if self.budget is None:  # the first call: the prompt
-            self.budget = thinking_budget(self.llm, input_ids, self.n)
-        elif total > self._seen:
-            for t in input_ids[self._seen :]:
-                self.budget.feed(int(t))
-        self._seen = total
-        forced = self.budget.forced()
+        forced = self.feed.forced(len(input_ids), lambda k: input_ids[-k:].tolist())
         if forced is None:
             return scores
         out = np.full_like(scores, -np.inf)

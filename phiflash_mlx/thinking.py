@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from phiflash.thinking import PROMPT_TAIL, THINK_CLOSE, ThinkingBudget, opens_thinking
+from phiflash.thinking import THINK_CLOSE, BudgetFeed, ThinkingBudget, opens_thinking
 
 
 def close_ids(tokenizer) -> list[int]:
@@ -20,31 +20,30 @@ def close_ids(tokenizer) -> list[int]:
 
 
 class BudgetProcessor:
-    """One reply's budget as an mlx-lm logits processor (state lives in :attr:`budget`)."""
+    """One reply's budget as an mlx-lm logits processor (state lives in :attr:`feed`)."""
 
     def __init__(self, tokenizer, n: int):
         self.tokenizer = tokenizer
         self.n = int(n)
         self.ids = close_ids(tokenizer)
-        self.budget: ThinkingBudget | None = None
-        self._seen = 0
+        self.feed = BudgetFeed(self._start)
+
+    @property
+    def budget(self) -> ThinkingBudget | None:
+        return self.feed.budget
 
     def _decode(self, token: int) -> str:
         return self.tokenizer.decode([token])
 
+    def _start(self, prompt_tail: list[int]) -> ThinkingBudget:
+        inside = opens_thinking(self.tokenizer.decode(prompt_tail))
+        return ThinkingBudget(self.n, self.ids, self._decode, inside)
+
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        if self.budget is not None and self.budget.state == "done":
+        if self.feed.done:
             return logits  # nothing more to force: no host read of the tokens per step
-        total = int(tokens.shape[-1])
-        if self.budget is None:  # the first call: tokens are the prompt
-            tail = tokens.reshape(-1)[-PROMPT_TAIL:].tolist()
-            inside = opens_thinking(self.tokenizer.decode(tail))
-            self.budget = ThinkingBudget(self.n, self.ids, self._decode, inside)
-        elif total > self._seen:
-            for t in tokens.reshape(-1)[self._seen - total :].tolist():
-                self.budget.feed(t)
-        self._seen = total
-        forced = self.budget.forced()
+        flat = tokens.reshape(-1)
+        forced = self.feed.forced(int(flat.shape[0]), lambda k: flat[-k:].tolist())
         if forced is None:
             return logits
         keep = mx.arange(logits.shape[-1]) == forced

@@ -13,7 +13,7 @@ from phiflash.cli import main as cli_main
 from phiflash.engine import GenerationParams
 from phiflash.errors import InvalidParamsError
 from phiflash.paths import DEFAULT_MODEL_DIR
-from phiflash.thinking import ThinkingBudget, opens_thinking
+from phiflash.thinking import PROMPT_TAIL, BudgetFeed, ThinkingBudget, opens_thinking
 
 QUESTION = [{"role": "user", "content": "What is 4821 + 3967?"}]
 BUDGET = 8
@@ -278,3 +278,41 @@ def test_prompt_that_opened_the_block_counts_from_the_first_token(which, request
     start = next(i for i in range(len(ids)) if ids[i : i + len(close)] == close)
     assert start <= 4 and text.split("</think>", 1)[1].strip()
     engine.reset()
+
+
+def test_budget_feed_reads_only_new_tokens():
+    """The processors' shared bookkeeping: the prompt tail once, then each new token once."""
+    vocab = [chr(c) for c in range(128)]  # token id = one ASCII character
+    ids = [ord(c) for c in "</think>"]
+    asked, starts = [], []
+
+    def start(tail):
+        starts.append(tail)
+        text = "".join(vocab[t] for t in tail)
+        return ThinkingBudget(3, ids, lambda t: vocab[t], inside=opens_thinking(text))
+
+    prompt = [ord(c) for c in "x" * 100 + "<|assistant|><think>"]
+    tokens = list(prompt)
+    feed = BudgetFeed(start)
+
+    def step():
+        def last(k):
+            asked.append(k)
+            return tokens[-k:]
+
+        return feed.forced(len(tokens), last)
+
+    assert step() is None  # the prompt opened the block: 0 tokens spent
+    assert starts == [prompt[-PROMPT_TAIL:]] and asked == [PROMPT_TAIL]
+    out = []
+    for t in "ab":
+        tokens.append(ord(t))
+        assert step() is None
+    tokens.append(ord("c"))  # the 3rd token of thinking: </think> is forced from here
+    for _ in ids:
+        out.append(step())
+        tokens.append(out[-1])
+    assert out == ids and asked[1:] == [1] * (len(asked) - 1)  # one new token per call
+    assert step() is None and feed.done
+    empty = BudgetFeed(start)
+    assert empty.forced(0, lambda k: [][-k:]) is None and starts[-1] == []
