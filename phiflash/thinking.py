@@ -18,6 +18,7 @@ THINK_CLOSE = "</think>"
 _TAIL = 2 * len(THINK_CLOSE)
 
 
+OPEN_WITHIN = 16  # a reply that has not opened <think> after this many tokens never does
 ASSISTANT = "<|assistant|>"  # where the reply starts in the model's chat template
 PROMPT_TAIL = 64  # the prompt tokens an engine decodes for opens_thinking
 
@@ -37,7 +38,9 @@ class ThinkingBudget:
     ``budget`` tokens may follow the token that completes ``<think>``; then the ids of
     ``close_ids`` (the tokenizer's encoding of ``</think>``) are forced one by one. ``decode``
     turns one token id into its text (a byte piece of a character may decode to U+FFFD; the
-    tags are ASCII, so that never hides one). ``budget`` 0 = no limit.
+    tags are ASCII, so that never hides one). ``budget`` 0 = no limit. A reply that has not
+    opened ``<think>`` within ``OPEN_WITHIN`` tokens is an answer without reasoning: it is not
+    decoded any further.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class ThinkingBudget:
         self.thinking_tokens = 0  # tokens inside the block (not counting the forced tag)
         self._tail = ""
         self._forced = 0  # close ids already emitted
+        self._before = 0  # tokens seen before <think>
 
     def forced(self) -> int | None:
         """The token id that must be generated next, or None (sample freely)."""
@@ -82,6 +86,10 @@ class ThinkingBudget:
                 self._tail = self._tail[at + len(THINK_OPEN) :]
                 if self._tail:  # the token that completed <think> also began the reasoning
                     self._count()
+                return
+            self._before += 1
+            if self._before >= OPEN_WITHIN:  # an answer without reasoning: stop watching it
+                self.state = "done"
             return
         # thinking
         if THINK_CLOSE in self._tail:

@@ -13,7 +13,13 @@ from phiflash.cli import main as cli_main
 from phiflash.engine import GenerationParams
 from phiflash.errors import InvalidParamsError
 from phiflash.paths import DEFAULT_MODEL_DIR
-from phiflash.thinking import PROMPT_TAIL, BudgetFeed, ThinkingBudget, opens_thinking
+from phiflash.thinking import (
+    OPEN_WITHIN,
+    PROMPT_TAIL,
+    BudgetFeed,
+    ThinkingBudget,
+    opens_thinking,
+)
 
 QUESTION = [{"role": "user", "content": "What is 4821 + 3967?"}]
 BUDGET = 8
@@ -316,3 +322,22 @@ def test_budget_feed_reads_only_new_tokens():
     assert step() is None and feed.done
     empty = BudgetFeed(start)
     assert empty.forced(0, lambda k: [][-k:]) is None and starts[-1] == []
+
+
+def test_a_reply_without_reasoning_is_not_watched_to_its_end():
+    decoded = []
+
+    def decode(t):
+        decoded.append(t)
+        return "<think>" if t == 1 else "a"
+
+    tb = ThinkingBudget(2, [9], decode)
+    for _ in range(OPEN_WITHIN):
+        tb.feed(0)
+    assert tb.state == "done" and tb.forced() is None
+    tb.feed(1)  # a late "<think>" is answer text: never forced closed
+    assert tb.state == "done" and len(decoded) == OPEN_WITHIN
+    late = ThinkingBudget(2, [9], decode)  # opened within the window: tracked as before
+    for t in [0] * (OPEN_WITHIN - 1) + [1, 0, 0]:
+        late.feed(t)
+    assert late.state == "closing" and late.forced() == 9
