@@ -883,25 +883,18 @@ def _build_decode_fns(layer: "DecoderLayer") -> dict:
     elif layer.kind in ("mamba", "mamba_mem"):
         mb = attn
 
-        def mamba(h, conv_state, state):
+        def mamba(h, conv_state, state):  # Mamba._step's conv_step and mamba_step, traced in
             xb, z = mx.split(mb.in_proj(pre_norm(h)), 2, axis=-1)
             conv = mb.conv1d
-            K = conv.weight.shape[-1]
-            c = conv.bias.astype(f32) if "bias" in conv else 0.0
-            for k in range(K - 1):
-                c = c + conv.weight[:, 0, k].astype(f32) * conv_state[:, k].astype(f32)
-            c = c + conv.weight[:, 0, K - 1].astype(f32) * xb[:, 0].astype(f32)
-            new_conv = mx.concatenate([conv_state[:, 1:], xb], axis=1)
-            u = nn.silu(c).astype(xb.dtype)  # [b, d]
+            bias = conv.bias if "bias" in conv else mx.zeros((mb.d_inner,), xb.dtype)
+            u, new_conv = conv_step(conv_state, xb, conv.weight, bias)
+            u = u[:, 0]  # [b, d]
             dbc = mb.x_proj(u)
             r, n = mb.dt_rank, mb.d_state
-            dt = softplus(mb.dt_proj(dbc[:, :r]).astype(f32))
-            B, C = dbc[:, r : r + n].astype(f32), dbc[:, r + n :].astype(f32)
-            A = -mx.exp(mb.A_log.astype(f32))
-            y, state = _ssm_step(u.astype(f32), dt, A, B, C, mb.D.astype(f32), state)
-            gated = (y * nn.silu(z[:, 0].astype(f32))).astype(z.dtype)
+            dt, B, C = dbc[:, :r], dbc[:, r : r + n], dbc[:, r + n :]
+            gated, y, state = mamba_step(u, mb.dt_proj(dt), mb.A_log, B, C, mb.D, state, z[:, 0])
             h, hn = tail(h, mb.out_proj(gated)[:, None].astype(f32))
-            return h, hn, y.astype(z.dtype)[:, None], new_conv, state
+            return h, hn, y[:, None], new_conv, state
 
         fns["layer"] = mx.compile(mamba, inputs=layer.state)
     else:
