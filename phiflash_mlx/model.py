@@ -230,16 +230,17 @@ def ssm_scan_logdepth(u, dt, A, B, C, D, state, block: int = 64):
     return y + D * u, state
 
 
-_CUDA_SCAN_SRC = """
-    // One thread per (sequence, channel, state); the NS lanes of a channel sit in one warp
-    // and reduce y = sum_n s[n] C[n] with shuffles.
-    int gid = blockIdx.x * blockDim.x + threadIdx.x;
+# The selective-scan kernel of both GPU backends, one thread per (sequence, channel, state): a
+# channel's NS lanes sit in one warp / SIMD group (NS divides 32) and reduce y = sum_n s[n] C[n]
+# with shuffles. The backends differ only in these spellings.
+_SCAN_SRC = """
+    @UINT@ gid = @GID@;
     int nb = dims[0], T = dims[1];
-    int n = gid % NS;
-    int ch = gid / NS;
-    bool active = ch < nb * DI;
+    @UINT@ n = gid % NS;
+    @UINT@ ch = gid / NS;
+    bool active = ch < @NCH@;
     if (!active) ch = 0;
-    int b = ch / DI, d = ch % DI;
+    @UINT@ b = ch / DI, d = ch % DI;
     float s = state[((size_t)b * DI + d) * NS + n];
     float a = A[(size_t)d * NS + n];
     float dd = D[d];
@@ -247,31 +248,52 @@ _CUDA_SCAN_SRC = """
         size_t o = ((size_t)b * T + t) * DI + d;
         size_t on = ((size_t)b * T + t) * NS + n;
         float dtv = dt[o], uv = u[o];
-        s = expf(dtv * a) * s + dtv * uv * Bm[on];
+        s = @EXP@(dtv * a) * s + dtv * uv * Bm[on];
         float p = s * Cm[on];
-        for (int off = NS / 2; off > 0; off >>= 1) p += __shfl_xor_sync(0xffffffffu, p, off);
+        for (@OFF@ off = NS / 2; off > 0; off >>= 1) p += @SHUFFLE@;
         if (active && n == 0) y[o] = p + dd * uv;
     }
     if (active) state_out[((size_t)b * DI + d) * NS + n] = s;
 """
+
+
+def _scan_source(**spell: str) -> str:
+    src = _SCAN_SRC
+    for key, text in spell.items():
+        src = src.replace(f"@{key}@", text)
+    return src
+
+
+_CUDA_SCAN_SRC = _scan_source(
+    UINT="int",
+    GID="blockIdx.x * blockDim.x + threadIdx.x",
+    NCH="nb * DI",
+    EXP="expf",
+    OFF="int",
+    SHUFFLE="__shfl_xor_sync(0xffffffffu, p, off)",
+)
+_METAL_SCAN_SRC = _scan_source(
+    UINT="uint",
+    GID="thread_position_in_grid.x",
+    NCH="(uint)(nb * DI)",
+    EXP="metal::exp",
+    OFF="ushort",
+    SHUFFLE="simd_shuffle_xor(p, off)",
+)
+_SCAN_KERNEL_IO = dict(
+    input_names=["u", "dt", "A", "Bm", "Cm", "D", "state", "dims"],
+    output_names=["y", "state_out"],
+)
 _cuda_scan_kernel = None
 
 
-def ssm_scan_cuda(u, dt, A, B, C, D, state):
-    """Prompt path on MLX's CUDA backend: one thread per channel, sequential in time."""
-    global _cuda_scan_kernel
-    if _cuda_scan_kernel is None:
-        _cuda_scan_kernel = mx.fast.cuda_kernel(
-            name="sambay_selective_scan",
-            input_names=["u", "dt", "A", "Bm", "Cm", "D", "state", "dims"],
-            output_names=["y", "state_out"],
-            source=_CUDA_SCAN_SRC,
-        )
+def _run_scan_kernel(kernel, u, dt, A, B, C, D, state):
+    """Launch either backend's kernel (``_SCAN_KERNEL_IO``) over [b, T, d] inputs."""
     b, T, d = u.shape
     n = A.shape[1]
     dims = mx.array([b, T], dtype=mx.int32)
     f32 = mx.float32
-    y, state = _cuda_scan_kernel(
+    return kernel(
         inputs=[u, dt, A, B.astype(f32), C.astype(f32), D.astype(f32), state, dims],
         template=[("DI", d), ("NS", n)],
         grid=(((b * d * n + 127) // 128) * 128, 1, 1),
@@ -279,6 +301,17 @@ def ssm_scan_cuda(u, dt, A, B, C, D, state):
         output_shapes=[(b, T, d), (b, d, n)],
         output_dtypes=[f32, f32],
     )
+
+
+def ssm_scan_cuda(u, dt, A, B, C, D, state):
+    """Prompt path on MLX's CUDA backend: one thread per channel and state, sequential in
+    time."""
+    global _cuda_scan_kernel
+    if _cuda_scan_kernel is None:
+        _cuda_scan_kernel = mx.fast.cuda_kernel(
+            name="sambay_selective_scan", source=_CUDA_SCAN_SRC, **_SCAN_KERNEL_IO
+        )
+    y, state = _run_scan_kernel(_cuda_scan_kernel, u, dt, A, B, C, D, state)
     return y, state
 
 
@@ -291,29 +324,6 @@ def ssm_scan_cuda(u, dt, A, B, C, D, state):
 # a runtime error or a mismatch turns the kernel off for the process and logs one warning
 # (metal_scan_note() says which), and the portable scan serves every prompt.
 
-_METAL_SCAN_SRC = """
-    uint gid = thread_position_in_grid.x;
-    int nb = dims[0], T = dims[1];
-    uint n = gid % NS;
-    uint ch = gid / NS;
-    bool active = ch < (uint)(nb * DI);
-    if (!active) ch = 0;
-    uint b = ch / DI, d = ch % DI;
-    float s = state[((size_t)b * DI + d) * NS + n];
-    float a = A[(size_t)d * NS + n];
-    float dd = D[d];
-    for (int t = 0; t < T; ++t) {
-        size_t o = ((size_t)b * T + t) * DI + d;
-        size_t on = ((size_t)b * T + t) * NS + n;
-        float dtv = dt[o], uv = u[o];
-        s = metal::exp(dtv * a) * s + dtv * uv * Bm[on];
-        float p = s * Cm[on];
-        for (ushort off = NS / 2; off > 0; off >>= 1) p += simd_shuffle_xor(p, off);
-        if (active && n == 0) y[o] = p + dd * uv;
-    }
-    if (active) state_out[((size_t)b * DI + d) * NS + n] = s;
-"""
-
 METAL_CHECK_TOL = 1e-3  # max |kernel - portable| / max |portable| on the check slice
 _metal = {"kernel": None, "ok": None, "note": None}  # ok: None = not checked yet
 _log = logging.getLogger(__name__)
@@ -321,10 +331,7 @@ _log = logging.getLogger(__name__)
 
 def _build_metal_scan_kernel():
     return mx.fast.metal_kernel(
-        name="sambay_selective_scan",
-        input_names=["u", "dt", "A", "Bm", "Cm", "D", "state", "dims"],
-        output_names=["y", "state_out"],
-        source=_METAL_SCAN_SRC,
+        name="sambay_selective_scan", source=_METAL_SCAN_SRC, **_SCAN_KERNEL_IO
     )
 
 
@@ -333,18 +340,7 @@ def ssm_scan_metal(u, dt, A, B, C, D, state):
     hardware; selective_scan uses it only after metal_scan_ready())."""
     if _metal["kernel"] is None:
         _metal["kernel"] = _build_metal_scan_kernel()
-    b, T, d = u.shape
-    n = A.shape[1]
-    f32 = mx.float32
-    dims = mx.array([b, T], dtype=mx.int32)
-    y, state = _metal["kernel"](
-        inputs=[u, dt, A, B.astype(f32), C.astype(f32), D.astype(f32), state, dims],
-        template=[("DI", d), ("NS", n)],
-        grid=(((b * d * n + 127) // 128) * 128, 1, 1),
-        threadgroup=(128, 1, 1),
-        output_shapes=[(b, T, d), (b, d, n)],
-        output_dtypes=[f32, f32],
-    )
+    y, state = _run_scan_kernel(_metal["kernel"], u, dt, A, B, C, D, state)
     return y, state
 
 
