@@ -40,10 +40,6 @@ class BudgetLogitsProcessor:
         self.n = int(n)
         self.feed = BudgetFeed(lambda prompt_tail: thinking_budget(llm, prompt_tail, self.n))
 
-    @property
-    def budget(self) -> ThinkingBudget | None:
-        return self.feed.budget
-
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         if self.feed.done:
             return scores  # nothing more to force

@@ -28,10 +28,6 @@ class BudgetProcessor:
         self.ids = close_ids(tokenizer)
         self.feed = BudgetFeed(self._start)
 
-    @property
-    def budget(self) -> ThinkingBudget | None:
-        return self.feed.budget
-
     def _decode(self, token: int) -> str:
         return self.tokenizer.decode([token])
 
