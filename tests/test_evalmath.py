@@ -274,3 +274,11 @@ def test_own_problems_file_missing_or_empty(tmp_path):
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(PhiflashError, match="cannot read"):
         evalmath.load_problems(str(tmp_path / "bin.jsonl"))
+
+
+def test_own_problems_file_excludes_the_held_out_set_options(tmp_path):
+    f = tmp_path / "mine.jsonl"
+    f.write_text('{"question": "whats 7*8", "answer": "56"}\n')
+    for extra in (["--sets", "problems"], ["--seed", "3"]):
+        with pytest.raises(PhiflashError, match="--problems replaces the held-out sets"):
+            eval_math.main(["--problems", str(f), *extra], engine=ReplyEngine(replies={}))

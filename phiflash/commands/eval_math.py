@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--sets",
         type=sets_arg,
-        default=tuple(EVAL_SETS),
+        default=None,
         help=f"comma-separated eval sets (default: {','.join(EVAL_SETS)})",
     )
     ap.add_argument(
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None, engine: Engine | None = None) -> int:
         raise EvalMathError(f"--n must be at least 1, not {args.n}")
     if args.json_out and os.path.exists(args.json_out) and not args.force:
         raise EvalMathError(f"{args.json_out} exists (pass --force to overwrite it)")
+    if args.problems and (args.sets or args.seed is not None):
+        raise EvalMathError("--problems replaces the held-out sets: drop --sets and --seed")
     if args.problems:
         problems = load_problems(args.problems)[: args.n]
         if args.kinds:
@@ -101,9 +103,9 @@ def main(argv: list[str] | None = None, engine: Engine | None = None) -> int:
         sets = [f"own problems from {args.problems}"]
     else:
         problems = []
-        for name in args.sets:
+        for name in args.sets or EVAL_SETS:
             problems += eval_set(name, args.n or DEFAULT_N, args.seed, args.kinds)
-        sets = list(args.sets)
+        sets = list(args.sets or EVAL_SETS)
     if not problems:
         where = args.problems or "the chosen --sets"
         raise EvalMathError(f"no problems: --kinds leaves none in {where}")
