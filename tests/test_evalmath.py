@@ -256,6 +256,7 @@ def test_own_problems_file(tmp_path, capsys):
         ),
         ('{"messages": [{"role": "wizard", "content": "hi"}]}', "ending with a user turn"),
         ('{"question": "2+2", "answer": [4]}', '"answer" must be'),
+        ('{"question": "2+2", "answer": true}', '"answer" must be'),
     ],
 )
 def test_own_problems_file_errors(tmp_path, line, message):

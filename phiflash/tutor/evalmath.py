@@ -147,7 +147,9 @@ def load_problems(path: str) -> list[dict]:
                 "ending with a user turn"
             )
         answer = obj.get("answer")
-        if answer is not None and not isinstance(answer, str | int | float):
+        if answer is not None and (
+            isinstance(answer, bool) or not isinstance(answer, str | int | float)
+        ):
             raise ProblemFileError(f'{where}: "answer" must be a string, a number or null')
         kind = obj.get("kind", "refusal" if answer is None else OWN_SET)
         out.append(
