@@ -560,7 +560,12 @@ class DiffLambda(nn.Module):
         cached = getattr(self, "_lambda_cache", None)
         if not self.training and cached is not None and cached[0] == key:
             return cached[1]
-        lam = _diff_lambda(self, lambda_init)
+        f32 = mx.float32
+        lam = (
+            mx.exp(mx.sum(self.lambda_q1.astype(f32) * self.lambda_k1.astype(f32)))
+            - mx.exp(mx.sum(self.lambda_q2.astype(f32) * self.lambda_k2.astype(f32)))
+            + lambda_init
+        )
         if not self.training:  # a plain attribute, not a parameter
             object.__setattr__(self, "_lambda_cache", (key, lam))
         return lam
@@ -805,7 +810,7 @@ class DecoderLayer(nn.Module):
             keys, values = (k, v) if cache is None else cache.update_and_fetch(k, v)
             shared_kv = (keys, values)
         o = attn.attend(q, keys, values, mask)
-        h, hn = fns["post"](h, o)
+        h, hn = fns["post"](h, o, attn.inner_cross_attn.full(attn.lambda_init))
         return h, memory, shared_kv, hn
 
     def __call__(self, h, cache=None, memory=None, shared_kv=None, hn=None, mask="auto"):
@@ -842,19 +847,9 @@ class DecoderLayer(nn.Module):
 # whose explicit inputs and outputs are the residual stream and the layer's cache arrays:
 # Mamba and GMU layers are one function each (norms, projections, conv, scan, gate, MLP and
 # residuals); attention layers are a function before the cache update (norm, Wqkv, paired
-# queries) and one after the attention call (differential combine with its lambda, sub-norm,
+# queries) and one after the attention call (differential combine with the layer's lambda, sub-norm,
 # out_proj, residual, norm, MLP). The K/V cache update and the attention call stay outside:
 # the cache's length changes every token, and a batch cache brings its own mask.
-
-
-def _diff_lambda(ica: DiffLambda, lambda_init: float):
-    """lambda = exp(q1.k1) - exp(q2.k2) + lambda_init, in float32 (input-independent)."""
-    f32 = mx.float32
-    return (
-        mx.exp(mx.sum(ica.lambda_q1.astype(f32) * ica.lambda_k1.astype(f32)))
-        - mx.exp(mx.sum(ica.lambda_q2.astype(f32) * ica.lambda_k2.astype(f32)))
-        + lambda_init
-    )
 
 
 def _build_decode_fns(layer: "DecoderLayer") -> dict:
@@ -908,8 +903,7 @@ def _build_decode_fns(layer: "DecoderLayer") -> dict:
             v = v.reshape(b, 1, m, 2 * hd).transpose(0, 2, 1, 3)
             return _pair_queries(q, m, g, hd), k, v
 
-        def post(h, o):
-            lam = _diff_lambda(ica, attn.lambda_init)
+        def post(h, o, lam):  # lam: DiffLambda.full, computed once per weights, not per token
             o = _combine(o, lam, ica.subln.weight, attn.lambda_init, ica.subln.eps, m, g)
             return tail(h, attn.out_proj(o).astype(f32))
 
