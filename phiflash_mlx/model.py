@@ -12,8 +12,8 @@
 # no quantized form, and mlx_lm.server never batches such requests.
 # Speed paths: one-token decode steps run as compiled functions per layer (the uncompiled path
 # stays: Model.set_compiled_decode(False), and padded Mamba steps use it); prompts scan with a
-# CUDA kernel, a self-checking Metal kernel (untested on Apple hardware), or the portable
-# chunked scan; sliding-window prompts attend in bands.
+# CUDA kernel, a self-checking Metal kernel (untested on Apple hardware), numpy on the CPU, or
+# the portable chunked scan; sliding-window prompts attend in bands.
 
 import logging
 import math
@@ -230,6 +230,40 @@ def ssm_scan_logdepth(u, dt, A, B, C, D, state, block: int = 64):
     return y + D * u, state
 
 
+def ssm_scan_numpy(u, dt, A, B, C, D, state, max_elems: int = 1 << 24):
+    """Prompt path on MLX's CPU backend, in numpy: the decays exp(dt A) of a segment in one
+    vectorized call, then the recurrence in place over the segment's positions (two numpy
+    calls per position on [b, d, n]), and the readout y = s . C as one batched matmul.
+
+    On a CPU the scan's cost is its b*T*d*n exponentials: MLX's CPU backend evaluates exp at
+    about 55 M/s, numpy at about 1 G/s (AMD EPYC Zen 4, one thread; benchmarks/results/
+    mlx_cpu.md). Segments hold at most ``max_elems`` states (64 MB). Not differentiable (training
+    keeps ssm_scan_chunked); the inputs are evaluated here. A position with dt = 0 leaves the
+    state unchanged, as in every other path.
+    """
+    import numpy as np  # mlx_lm's own dependency
+
+    f32 = np.float32
+    u, dt, A, B, C, D, s = (np.asarray(x.astype(mx.float32)) for x in (u, dt, A, B, C, D, state))
+    b, T, d = u.shape
+    n = A.shape[1]
+    segment = max(1, min(T, max_elems // (b * d * n)))
+    y = np.empty((b, T, d), f32)
+    for s0 in range(0, T, segment):
+        s1 = min(s0 + segment, T)
+        L = s1 - s0
+        S = np.exp(dt[:, s0:s1, :, None] * A)  # the decays, overwritten by the states
+        dBu = (dt[:, s0:s1] * u[:, s0:s1])[..., None] * B[:, s0:s1, None, :]
+        for t in range(L):
+            np.multiply(S[:, t], s, out=S[:, t])
+            np.add(S[:, t], dBu[:, t], out=S[:, t])
+            s = S[:, t]
+        s = s.copy()  # S is dropped with the segment
+        y[:, s0:s1] = (S.reshape(b * L, d, n) @ C[:, s0:s1].reshape(b * L, n, 1)).reshape(b, L, d)
+    y += D * u
+    return mx.array(y), mx.array(s)
+
+
 # The selective-scan kernel of both GPU backends, one thread per (sequence, channel, state): a
 # channel's NS lanes sit in one warp / SIMD group (NS divides 32) and reduce y = sum_n s[n] C[n]
 # with shuffles. The backends differ only in these spellings.
@@ -404,6 +438,8 @@ def selective_scan(u, dt, A, B, C, D, state, training: bool = False):
         return ssm_scan_cuda(u, dt, A, B, C, D, state)
     if backend == "metal" and metal_scan_ready(u, dt, A, B, C, D, state):
         return ssm_scan_metal(u, dt, A, B, C, D, state)
+    if not training and mx.default_device() == mx.cpu:
+        return ssm_scan_numpy(u, dt, A, B, C, D, state)
     return ssm_scan_chunked(u, dt, A, B, C, D, state)
 
 

@@ -158,7 +158,8 @@ def test_model_prompt_equal_with_kernel_and_after_fallback(metal):
     np.testing.assert_allclose(np.array(fallback), np.array(portable), atol=1e-5)
 
 
-# The portable scan every non-CUDA device falls back to (and the Metal self-check's reference).
+# The portable scan every non-CUDA device falls back to (and the Metal self-check's reference),
+# and the CPU's numpy scan.
 
 
 @pytest.mark.parametrize("T, block, segment", [(1, 32, 512), (70, 8, 32), (77, 32, 512), (5, 4, 4)])
@@ -196,6 +197,38 @@ def test_portable_scan_leaves_state_unchanged_where_dt_is_zero():
         u[1:, :13], dt[1:, :13], A, B[1:, :13], C[1:, :13], D, s0[1:], block=8
     )
     np.testing.assert_allclose(np.array(s[1:]), np.array(s13), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("T, max_elems", [(1, 1 << 24), (77, 1 << 24), (77, 2 * 12 * 8 * 10)])
+def test_numpy_scan_equals_token_by_token(T, max_elems):
+    """The CPU prompt path, in one segment and in segments of 10 positions."""
+    u, dt, A, B, C, D, s0 = scan_inputs(b=2, T=T, d=12, n=8, seed=T)
+    dt = mx.where(mx.arange(T)[None, :, None] < mx.array([T, T // 2])[:, None, None], dt, 0.0)
+    ys, s = [], s0
+    for t in range(T):
+        y, s = model_mod._ssm_step(u[:, t], dt[:, t], A, B[:, t], C[:, t], D, s)
+        ys.append(y)
+    got = model_mod.ssm_scan_numpy(u, dt, A, B, C, D, s0, max_elems=max_elems)
+    for g, w in zip(got, (mx.stack(ys, axis=1), s)):
+        np.testing.assert_allclose(np.array(g), np.array(w), rtol=1e-5, atol=1e-5)
+    assert got[0].dtype == got[1].dtype == mx.float32
+    _, s_half = model_mod.ssm_scan_numpy(
+        u[1:, : T // 2], dt[1:, : T // 2], A, B[1:, : T // 2], C[1:, : T // 2], D, s0[1:]
+    )  # dt = 0 leaves row 1's state where its real positions left it
+    np.testing.assert_allclose(np.array(got[1][1:]), np.array(s_half), rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_prompts_scan_in_numpy_and_training_keeps_the_differentiable_scan(monkeypatch):
+    calls = []
+    for name in ("ssm_scan_numpy", "ssm_scan_chunked"):
+        real = getattr(model_mod, name)
+        monkeypatch.setattr(
+            model_mod, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a)
+        )
+    args = scan_inputs()
+    model_mod.selective_scan(*args)
+    model_mod.selective_scan(*args, training=True)
+    assert calls == ["ssm_scan_numpy", "ssm_scan_chunked"]
 
 
 def test_generate_verbose_prints_the_metal_fallback(monkeypatch):
