@@ -1,5 +1,6 @@
 """Loading errors, the tokenizer, generation API and `phiflash generate`."""
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -272,3 +273,33 @@ def test_tensor_stored_in_two_shards(tmp_path):
     mx.save_safetensors(str(d / "model-00002-of-00002.safetensors"), dup)
     with pytest.raises(ModelLoadError, match="model.layers.0.attn.D is stored twice"):
         load(d)
+
+
+def test_auto_dtype_runs_a_small_16_bit_checkpoint_in_float32_on_the_cpu(monkeypatch):
+    """The engines' default (``dtype="auto"``): MLX's CPU bf16 matmuls are ~20x slower than
+    float32's, so a small unquantized bf16 checkpoint is computed in float32 there; explicit
+    dtypes, quantized checkpoints, big checkpoints and GPUs keep what they ask for."""
+    from phiflash_mlx.engine import MLXEngine
+
+    load_mod = importlib.import_module("phiflash_mlx.load")  # (the package exports load())
+    load_model, load_weights = load_mod.load_model, load_mod.load_weights
+
+    dtype_of = lambda m: m.model.embed_tokens.weight.dtype  # noqa: E731
+    assert mx.default_device() == mx.cpu
+    assert dtype_of(load_model(TINY, dtype="auto")[0]) == mx.float32
+    assert dtype_of(load_model(TINY)[0]) == mx.bfloat16  # None keeps the stored dtypes
+    assert MLXEngine(str(TINY)).quantization == "fp32"
+    assert MLXEngine(str(TINY), dtype=None).quantization == "bf16"
+
+    config = json.loads((TINY / "config.json").read_text())
+    weights = load_weights(TINY)
+    assert load_mod.auto_dtype(config, weights) == mx.float32
+    quantized = {**config, "quantization": {"bits": 4, "group_size": 64}}
+    assert load_mod.auto_dtype(quantized, weights) is None
+    monkeypatch.setattr(load_mod, "CPU_FLOAT32_MAX_BYTES", 1000)
+    assert load_mod.auto_dtype(config, weights) is None
+    monkeypatch.undo()
+    as_f32 = {k: v.astype(mx.float32) for k, v in weights.items()}
+    assert load_mod.auto_dtype(config, as_f32) is None  # nothing 16-bit to widen
+    monkeypatch.setattr(mx, "default_device", lambda: mx.gpu)
+    assert load_mod.auto_dtype(config, weights) is None
