@@ -28,12 +28,15 @@ def add_engine_args(parser, model_default: str = "the bundled tutor model") -> N
     )
 
 
-def open_engine(model: str | None = None, engine: str | None = None, **kwargs) -> Engine:
+def open_engine(
+    model: str | None = None, engine: str | None = None, mlx_dtype=None, **kwargs
+) -> Engine:
     """Open the engine for ``model`` (default: the bundled tutor model).
 
     ``model`` is found by :func:`phiflash.store.find_model` (local path > pulled model >
     Hugging Face cache > alias). ``engine`` forces "mlx" or "gguf"; otherwise a path ending in
-    ``.gguf`` selects GGUF.
+    ``.gguf`` selects GGUF. ``mlx_dtype`` goes to the MLX engine only (``"auto"``: the chat's
+    float32 on a CPU for a small 16-bit model, :func:`phiflash_mlx.load.auto_dtype`).
     """
     from phiflash.store import find_model
 
@@ -47,7 +50,7 @@ def open_engine(model: str | None = None, engine: str | None = None, **kwargs) -
         return GGUFEngine(str(path), **kwargs)
     from phiflash_mlx.engine import MLXEngine
 
-    eng = MLXEngine(str(path), **kwargs)
+    eng = MLXEngine(str(path), dtype=mlx_dtype, **kwargs)
     note = slow_path_notice(eng)
     if note and note not in _noticed:
         _noticed.add(note)

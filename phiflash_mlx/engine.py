@@ -29,7 +29,7 @@ class MLXEngine:
     def __init__(
         self,
         model_path: str,
-        dtype="auto",
+        dtype=None,
         prompt_cache: PromptCacheFile | None = None,
         prefill_step_size: int = 2048,
     ):

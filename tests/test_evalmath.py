@@ -146,14 +146,14 @@ def test_main_opens_engine(monkeypatch, capsys):
     eng = _oracle(problems)
     calls = []
 
-    def fake_open(model, engine):
-        calls.append((model, engine))
+    def fake_open(model, engine, mlx_dtype=None):
+        calls.append((model, engine, mlx_dtype))
         return eng
 
     monkeypatch.setattr("phiflash.engines.open_engine", fake_open)
     args = ["--model", "m", "--engine", "gguf", "--n", "4", "--sets", "problems"]
     rc = eval_math.main(args + ["--kinds", "add,linear", "--no-progress"])
-    assert rc == 0 and calls == [("m", "gguf")]
+    assert rc == 0 and calls == [("m", "gguf", "auto")]  # MLX would run as the chat does
     assert "100.0%" in capsys.readouterr().out
 
 

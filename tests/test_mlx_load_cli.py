@@ -276,9 +276,11 @@ def test_tensor_stored_in_two_shards(tmp_path):
 
 
 def test_auto_dtype_runs_a_small_16_bit_checkpoint_in_float32_on_the_cpu(monkeypatch):
-    """The engines' default (``dtype="auto"``): MLX's CPU bf16 matmuls are ~20x slower than
-    float32's, so a small unquantized bf16 checkpoint is computed in float32 there; explicit
-    dtypes, quantized checkpoints, big checkpoints and GPUs keep what they ask for."""
+    """The chat's and eval-math's choice (``dtype="auto"``): MLX's CPU bf16 matmuls are ~20x
+    slower than float32's, so a small unquantized bf16 checkpoint is computed in float32 there;
+    the other commands (kept equal to stock mlx-lm's), explicit dtypes, quantized checkpoints,
+    big checkpoints and GPUs keep what they ask for."""
+    from phiflash.engines import open_engine
     from phiflash_mlx.engine import MLXEngine
 
     load_mod = importlib.import_module("phiflash_mlx.load")  # (the package exports load())
@@ -288,8 +290,10 @@ def test_auto_dtype_runs_a_small_16_bit_checkpoint_in_float32_on_the_cpu(monkeyp
     assert mx.default_device() == mx.cpu
     assert dtype_of(load_model(TINY, dtype="auto")[0]) == mx.float32
     assert dtype_of(load_model(TINY)[0]) == mx.bfloat16  # None keeps the stored dtypes
-    assert MLXEngine(str(TINY)).quantization == "fp32"
-    assert MLXEngine(str(TINY), dtype=None).quantization == "bf16"
+    assert MLXEngine(str(TINY)).quantization == "bf16"
+    assert MLXEngine(str(TINY), dtype="auto").quantization == "fp32"
+    assert open_engine(str(TINY), mlx_dtype="auto").quantization == "fp32"
+    assert open_engine(str(TINY)).quantization == "bf16"
 
     config = json.loads((TINY / "config.json").read_text())
     weights = load_weights(TINY)

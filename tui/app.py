@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                 from phiflash.remote import RemoteEngine
 
                 return RemoteEngine(args.server, api_key=args.api_key, model=args.model)
-            return open_engine(args.model, args.engine)
+            return open_engine(args.model, args.engine, mlx_dtype="auto")
 
         label = args.server or args.model or "the bundled model"
     store = HistoryStore.default()

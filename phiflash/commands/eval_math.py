@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None, engine: Engine | None = None) -> int:
     if engine is None:
         from phiflash.engines import open_engine
 
-        engine = open_engine(args.model, args.engine)
+        engine = open_engine(args.model, args.engine, mlx_dtype="auto")  # as the chat runs it
     print(
         f"eval-math: {len(problems)} test problems ({', '.join(sets)}), engine "
         f"{engine.name} ({engine.quantization}), model {engine.model_path}, greedy, "

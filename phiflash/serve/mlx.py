@@ -114,7 +114,7 @@ def server_args(
 class PinnedModelProvider(mlx_server.ModelProvider):
     """Serves the one model loaded at start; any other model, adapter or draft is refused."""
 
-    def __init__(self, cli_args: argparse.Namespace, model_path: str, dtype="auto"):
+    def __init__(self, cli_args: argparse.Namespace, model_path: str, dtype=None):
         super().__init__(cli_args)
         self.model_path = str(model_path)
         self._dtype = dtype
