@@ -18,6 +18,7 @@ from phiflash.checkpoint import (  # noqa: F401  (TOKENIZER_FILES, check_safeten
     weight_files,
 )
 from phiflash.errors import ModelLoadError
+from phiflash.store import mlx_has_gpu
 from phiflash_mlx.model import Model, ModelArgs, keeps_fp32
 
 
@@ -60,8 +61,9 @@ def _check_names_and_shapes(model: nn.Module, weights: dict) -> None:
 
 
 # MLX's CPU backend multiplies in bfloat16 about 20x slower than in float32 (98 against 5
-# GFLOPS for a 2048x2560x10240 product on a 2-core AMD EPYC with OpenBLAS; the bundled tutor
-# prefills 1886 tokens in 5.0 s against 0.9 s). Without a GPU, ``dtype="auto"`` runs an
+# GFLOPS for a 2048x2560x10240 product on a 2-core AMD EPYC with OpenBLAS,
+# benchmarks/results/mlx_cpu.md; the bundled tutor prefills 1886 tokens in 5.0 s against
+# 0.9 s on the same machine). Without a GPU, ``dtype="auto"`` runs an
 # unquantized 16-bit checkpoint in float32 when that copy is at most this many bytes (the
 # tutor's is 31 MB; the real model's, 15 GB, stays bf16: a CPU laptop runs the GGUF engine).
 CPU_FLOAT32_MAX_BYTES = 2 << 30
@@ -70,7 +72,7 @@ CPU_FLOAT32_MAX_BYTES = 2 << 30
 def auto_dtype(config: dict, weights: dict):
     """float32 on the CPU backend for a small unquantized 16-bit checkpoint, else None (keep
     the stored dtypes)."""
-    if mx.default_device() != mx.cpu or config.get("quantization"):
+    if mlx_has_gpu() or config.get("quantization"):
         return None
     floats = [v for v in weights.values() if mx.issubdtype(v.dtype, mx.floating)]
     if not any(v.dtype in (mx.bfloat16, mx.float16) for v in floats):
@@ -81,7 +83,7 @@ def auto_dtype(config: dict, weights: dict):
 def load_model(path, dtype=None, lazy: bool = False) -> tuple[Model, dict]:
     """Build the model from ``path``. ``dtype`` (e.g. mx.float32) casts the floating weights;
     by default they keep their stored dtype (bf16 for the real checkpoint); ``"auto"`` is
-    :func:`auto_dtype`'s choice (what the engines and ``serve`` use)."""
+    :func:`auto_dtype`'s choice (what the chat and eval-math use)."""
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"model directory not found: {path}")

@@ -243,12 +243,11 @@ def ssm_scan_numpy(u, dt, A, B, C, D, state, max_elems: int = 1 << 24):
     """
     import numpy as np  # mlx_lm's own dependency
 
-    f32 = np.float32
     u, dt, A, B, C, D, s = (np.asarray(x.astype(mx.float32)) for x in (u, dt, A, B, C, D, state))
     b, T, d = u.shape
     n = A.shape[1]
     segment = max(1, min(T, max_elems // (b * d * n)))
-    y = np.empty((b, T, d), f32)
+    y = np.empty((b, T, d), np.float32)
     for s0 in range(0, T, segment):
         s1 = min(s0 + segment, T)
         L = s1 - s0

@@ -305,5 +305,5 @@ def test_auto_dtype_runs_a_small_16_bit_checkpoint_in_float32_on_the_cpu(monkeyp
     monkeypatch.undo()
     as_f32 = {k: v.astype(mx.float32) for k, v in weights.items()}
     assert load_mod.auto_dtype(config, as_f32) is None  # nothing 16-bit to widen
-    monkeypatch.setattr(mx, "default_device", lambda: mx.gpu)
+    monkeypatch.setattr(mx, "default_device", lambda: mx.Device(mx.gpu))  # as MLX returns it
     assert load_mod.auto_dtype(config, weights) is None

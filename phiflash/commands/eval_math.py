@@ -102,10 +102,10 @@ def main(argv: list[str] | None = None, engine: Engine | None = None) -> int:
             problems = [p for p in problems if p["kind"] in args.kinds]
         sets = [f"own problems from {args.problems}"]
     else:
-        problems = []
-        for name in args.sets or EVAL_SETS:
-            problems += eval_set(name, args.n or DEFAULT_N, args.seed, args.kinds)
         sets = list(args.sets or EVAL_SETS)
+        problems = []
+        for name in sets:
+            problems += eval_set(name, args.n or DEFAULT_N, args.seed, args.kinds)
     if not problems:
         where = args.problems or "the chosen --sets"
         raise EvalMathError(f"no problems: --kinds leaves none in {where}")
