@@ -422,6 +422,10 @@ def test_chat_survives_a_full_disk_mid_answer(tmp_path):
 
     async def go():
         app = make_app(engine, store=store, export_dir=tmp_path, batch_interval=0)
+        # every notification shown, kept past its timeout (the reply may outlast its 15 s
+        # on a busy CI machine, and Textual then drops it from app._notifications)
+        notified, notify = [], app.notify
+        app.notify = lambda message, *a, **kw: notified.append(message) or notify(message, *a, **kw)
         async with app.run_test(size=(100, 40)) as pilot:
             await pilot.pause()
             app.params.max_tokens = -1  # no limit: the whole reply (the settings allow -1)
@@ -436,7 +440,7 @@ def test_chat_survives_a_full_disk_mid_answer(tmp_path):
                 await pilot.pause(0.05)
             assert app.conversation.turns[-1].status == "done"
             assert app.conversation.turns[-1].content.startswith("The answer is 5 5")
-            shown = [n.message for n in app._notifications]
+            shown = notified
             assert any("not saved from now on" in m for m in shown), shown
 
     asyncio.run(go())
