@@ -1177,6 +1177,12 @@ REFUSAL_TEMPLATES = (
         "Complete the square for x^2 + {s}x.",
         "Graph y = x^2 + {p}.",
         "what is the vertex of y = x^2 - {s}x",
+        "If x^2 = {q}{s}, what is x?",
+        "solve 2x^2 = {q}{p}",
+        "x^2 - {q} = 0, solve for x",
+        "Solve x^3 = {q}.",
+        "find x when x^2 + {p} = {q}{s}",
+        "Factorise x^2 - {s}x + {q}.",
     ),
     (
         "Write a short story about {t}.",
