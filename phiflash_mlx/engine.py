@@ -156,5 +156,13 @@ class MLXEngine:
                     yield chunk
                     return
                 yield chunk
+        except Exception:
+            self.reset()  # a step that failed leaves the cache unknown: the next reply starts afresh
+            raise
         finally:
             gen.close()
+            if self._cache is not None:
+                # MLX streams belong to a thread (mlx-lm generates on a thread-local stream), and
+                # the chat runs each reply in a new worker thread: no lazy cache update may
+                # outlive this one, or the next reply cannot evaluate it.
+                mx.eval([c.state for c in self._cache])

@@ -1,4 +1,4 @@
-"""End to end: `phiflash chat` on the real MLX engine with the sambay-tiny fixture."""
+"""End to end: `phiflash chat` on the real MLX engine (the sambay-tiny fixture; the bundled tutor)."""
 
 from __future__ import annotations
 
@@ -47,3 +47,35 @@ def test_chat_with_real_mlx_engine(tmp_path):
         store.close()
 
     asyncio.run(body())
+
+
+def test_each_reply_on_a_new_thread_continues_the_cache(tmp_path):
+    """The chat runs every reply in a new worker thread while the MLX engine keeps the
+    conversation's cache. MLX streams belong to a thread, so a lazy cache update left by one
+    reply made the next one fail ("There is no Stream(cpu, 2) in current thread"). Each reply
+    on its own thread must equal the same conversation computed fresh on one thread."""
+    import threading
+
+    from phiflash.engine import GenerationParams
+
+    params = GenerationParams(max_tokens=60, temperature=0.0)
+    turns = ["What is 2 + 3?", "now times 4", "what is 30% of 90"]
+
+    def reply(engine, messages, out):
+        out.append("".join(c.text for c in engine.stream(messages, params)))
+
+    # the bundled tutor as the chat opens it (float32 on a CPU)
+    threaded, fresh = open_engine(mlx_dtype="auto"), open_engine(mlx_dtype="auto")
+    messages = []
+    for text in turns:
+        messages.append({"role": "user", "content": text})
+        got: list[str] = []
+        t = threading.Thread(target=reply, args=(threaded, list(messages), got))
+        t.start()
+        t.join()
+        assert len(got) == 1, "the reply on a new thread failed"
+        fresh.reset()  # no reuse: the whole conversation from an empty cache
+        want: list[str] = []
+        reply(fresh, list(messages), want)
+        assert got == want
+        messages.append({"role": "assistant", "content": got[0]})
