@@ -157,7 +157,7 @@ class MLXEngine:
                     return
                 yield chunk
         except Exception:
-            self.reset()  # a step that failed leaves the cache unknown: the next reply starts afresh
+            self.reset()  # a failed step leaves the cache unknown: the next reply starts afresh
             raise
         finally:
             gen.close()

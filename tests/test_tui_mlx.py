@@ -1,4 +1,4 @@
-"""End to end: `phiflash chat` on the real MLX engine (the sambay-tiny fixture; the bundled tutor)."""
+"""End to end: `phiflash chat` on the real MLX engine (sambay-tiny fixture, bundled tutor)."""
 
 from __future__ import annotations
 
