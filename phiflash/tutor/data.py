@@ -1169,8 +1169,8 @@ REFUSAL_TEMPLATES = (
         "Differentiate sin(x) cos(x).",
         "Write a story about {t}.",
         "Recommend a good movie.",
-        # powers of x look like equations but are out of scope (added after stage 8, whose
-        # only quadratic refusal template left it solving "x^2 = 38" as a linear equation)
+        # powers of x look like equations but are out of scope (added for stage 9: stage 8,
+        # with one quadratic refusal template, solved "x^2 = 38" as a linear equation)
         "Find the roots of x^2 + {s}x - {q}.",
         "Expand (x + {p})^2.",
         "Simplify x^{p} · x^{s}.",
