@@ -49,7 +49,7 @@ def test_chat_with_real_mlx_engine(tmp_path):
     asyncio.run(body())
 
 
-def test_each_reply_on_a_new_thread_continues_the_cache(tmp_path):
+def test_each_reply_on_a_new_thread_continues_the_cache():
     """The chat runs every reply in a new worker thread while the MLX engine keeps the
     conversation's cache. MLX streams belong to a thread, so a lazy cache update left by one
     reply made the next one fail ("There is no Stream(cpu, 2) in current thread"). Each reply
