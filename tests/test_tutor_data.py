@@ -1,3 +1,4 @@
+import collections
 import json
 import random
 import re
@@ -54,8 +55,12 @@ def test_example_shape_and_kinds():
                 roles = [m["role"] for m in ex["messages"]]
                 if roles[0] == "system":
                     roles = roles[1:]
-                turns = 2 if kind in ("followup", "newq") else 1
-                assert roles == ["user", "assistant"] * turns, roles
+                if kind in ("followup", "newq"):  # 1-3 earlier questions, then the last one
+                    assert len(roles) in (4, 6, 8) and roles == ["user", "assistant"] * (
+                        len(roles) // 2
+                    ), roles
+                else:
+                    assert roles == ["user", "assistant"], roles
                 reply = ex["messages"][-1]["content"]
                 if kind == "refusal":
                     assert ex["answer"] is None and "\\boxed" not in reply
@@ -132,19 +137,41 @@ def test_answers_are_correct_by_sympy():
 
 
 def test_followups_use_the_previous_answer():
-    for ex in dataset("train", 300, seed=6, kinds=("followup",)):
-        first_reply = ex["messages"][-3]["content"]
-        prev = re.search(r"\\boxed\{(-?\d+)(?:\\%)?\}", first_reply)[1]
-        think = ex["messages"][-1]["content"].split("</think>")[0]
-        assert prev in think.split("\n")[0], (prev, think)
-        final = ex["messages"][-1]["content"].split("</think>")[1]
-        op = re.search(r"\(?(-?\d+)\)? ([-+×÷]) (\d+) = \\boxed\{(-?\d+)\}", final)
-        a, sym, k, ans = int(op[1]), op[2], int(op[3]), int(op[4])
-        assert a == int(prev) and ans == int(ex["answer"])
-        if sym == "÷":
-            assert a % k == 0 and ans * k == a
-        else:
-            assert ans == {"+": a + k, "-": a - k, "×": a * k}[sym]
+    """Every follow-up, the last question and any earlier one, starts from the boxed answer
+    just before it and computes the right number."""
+    seen = 0
+    for ex in dataset("train", 300, seed=6, kinds=("followup", "newq")):
+        replies = [m["content"] for m in ex["messages"] if m["role"] == "assistant"]
+        for before, reply in zip(replies, replies[1:]):
+            think, final = reply.split("</think>")
+            lead = re.match(r"<think>(?:The previous answer is|[a-z] =) (-?\d+)\.\n", think)
+            if lead is None:
+                assert ex["kind"] == "newq" or reply is not replies[-1], think
+                continue
+            seen += 1
+            prev = re.search(r"\\boxed\{(-?\d+)(?:\\%)?\}", before)[1]
+            assert lead[1] == prev, (prev, think)
+            op = re.search(r"\(?(-?\d+)\)? ([-+×÷]) (\d+) = \\boxed\{(-?\d+)\}", final)
+            a, sym, k, ans = int(op[1]), op[2], int(op[3]), int(op[4])
+            assert a == int(prev)
+            if reply is replies[-1]:
+                assert ans == int(ex["answer"])
+            if sym == "÷":
+                assert a % k == 0 and ans * k == a
+            else:
+                assert ans == {"+": a + k, "-": a - k, "×": a * k}[sym]
+    assert seen > 200  # the 150 last follow-ups and the follow-ups inside longer dialogues
+
+
+def test_dialogues_run_to_four_questions():
+    """A student keeps one conversation for several questions: the dialogue kinds have one,
+    two or three earlier questions, in training and in the eval's follow-ups set."""
+    for exs in (
+        dataset("train", 200, seed=4, kinds=("followup", "newq")),
+        eval_set("followups", 200),
+    ):
+        users = collections.Counter(sum(m["role"] == "user" for m in ex["messages"]) for ex in exs)
+        assert set(users) == {2, 3, 4} and min(users.values()) >= 20, users
 
 
 def _value(expr: str) -> Fraction:

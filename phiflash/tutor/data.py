@@ -1060,12 +1060,12 @@ def _reply(p: dict) -> str:
     return "<think>" + "\n".join(p["steps"]) + "</think>" + p["final"]
 
 
-def _gen_followup(rng: random.Random, phrasing: str, split: str = "train") -> dict:
-    first = _first_turn(rng, split, phrasing, integer=True)
-    prev = int(first["answer"])
+def _followup_turn(rng: random.Random, phrasing: str, prev_turn: dict) -> dict:
+    """A question that uses ``prev_turn``'s integer answer, and its worked reply."""
+    prev = int(prev_turn["answer"])
     var = None
-    if first["final"].split(" = ")[0].isalpha() and rng.random() < 0.5:
-        var = first["final"].split(" = ")[0]  # "x = \boxed{3}": ask about x itself
+    if prev_turn["final"].split(" = ")[0].isalpha() and rng.random() < 0.5:
+        var = prev_turn["final"].split(" = ")[0]  # "x = \boxed{3}": ask about x itself
     op = rng.choice(("+", "-", "×", "÷"))
     if op in "+-":
         k = max(1, _rand_digits(rng, rng.choice((1, 1, 2, 2, 3))))
@@ -1094,35 +1094,66 @@ def _gen_followup(rng: random.Random, phrasing: str, split: str = "train") -> di
         else:
             q = rng.choice(_pool(FOLLOWUP_TEMPLATES[op], phrasing)).format(k=k)
         lead = f"The previous answer is {prev}."
-    q = _casual(rng, q)
     steps, ans = signed_steps(op, prev, k)
-    sym = {"+": "+", "-": "-", "×": "×", "÷": "÷"}[op]
     return dict(
-        turns=[(first["question"], _reply(first))],
-        question=q,
+        question=_casual(rng, q),
         steps=[lead] + steps,
-        final=f"{_paren(prev)} {sym} {k} = \\boxed{{{ans}}}",
+        final=f"{_paren(prev)} {op} {k} = \\boxed{{{ans}}}",
         answer=str(ans),
-        key=f"fu:{first['key']}:{op}{k}",
-        split_key=first["key"],
+        key=f"fu:{prev_turn['key']}:{op}{k}",
+        split_key=prev_turn.get("split_key", prev_turn["key"]),
     )
 
 
+# How many questions come before the last one in a dialogue: a student often keeps one
+# conversation going for several questions instead of starting a new one.
+HISTORY_LENGTHS = (1, 2, 3)
+HISTORY_WEIGHTS = (0.5, 0.3, 0.2)
+
+
+def _history(rng: random.Random, split: str, phrasing: str, integer_last: bool) -> list[dict]:
+    """The earlier questions of a dialogue, each a problem dict with its worked reply: the
+    first a fresh problem, each later one a follow-up on the answer before it (when that is
+    an integer) or a new problem. ``integer_last`` makes the last one have an integer answer."""
+    n = rng.choices(HISTORY_LENGTHS, HISTORY_WEIGHTS)[0]
+    turns: list[dict] = []
+    for i in range(n):
+        last = i == n - 1
+        prev = turns[-1] if turns else None
+        if prev is not None and "/" not in prev["answer"] and rng.random() < 0.5:
+            turns.append(_followup_turn(rng, phrasing, prev))
+            continue
+        p = _first_turn(rng, split, phrasing, integer=integer_last and last)
+        if prev is not None:
+            p = dict(p, question=rng.choice(NEWQ_BRIDGES) + p["question"])
+        turns.append(p)
+    return turns
+
+
+def _turn_pairs(history: list[dict]) -> list[tuple[str, str]]:
+    return [(p["question"], _reply(p)) for p in history]
+
+
+def _gen_followup(rng: random.Random, phrasing: str, split: str = "train") -> dict:
+    history = _history(rng, split, phrasing, integer_last=True)
+    p = _followup_turn(rng, phrasing, history[-1])
+    return dict(p, turns=_turn_pairs(history))
+
+
 def _gen_newq(rng: random.Random, phrasing: str, split: str = "train") -> dict:
-    first = _first_turn(rng, split, phrasing, integer=False)
+    history = _history(rng, split, phrasing, integer_last=False)
     for _ in range(1000):
         p = _GENERATORS[rng.choice(MATH_KINDS)](rng, phrasing)
         if split_of(p["key"]) == split:
             break
-    q = rng.choice(NEWQ_BRIDGES) + p["question"]
     return dict(
-        turns=[(first["question"], _reply(first))],
-        question=q,
+        turns=_turn_pairs(history),
+        question=rng.choice(NEWQ_BRIDGES) + p["question"],
         steps=p["steps"],
         final=p["final"],
         answer=p["answer"],
         gold=p.get("gold"),
-        key=f"nq:{first['key']}:{p['key']}",
+        key="nq:" + ":".join(t["key"] for t in history) + ":" + p["key"],
         split_key=p["key"],
     )
 
