@@ -24,12 +24,13 @@ class OracleEngine(FakeEngine):
 
     solutions: dict | None = None
     wrong_kinds: tuple = ()
+    wrong_if: object = None  # a predicate on the example
     params_seen: list | None = None
 
     def stream(self, messages, params, should_stop=None):
         ex = self.solutions[json.dumps(messages)]
         reply = ex["messages"][-1]["content"]
-        if ex["kind"] in self.wrong_kinds:
+        if ex["kind"] in self.wrong_kinds or (self.wrong_if and self.wrong_if(ex)):
             reply = reply.replace("\\boxed{", "\\boxed{9") if ex["answer"] else "\\boxed{1}"
         self.reply = reply
         if self.params_seen is not None:
@@ -71,6 +72,18 @@ def test_wrong_kinds_counted_per_set_and_kind():
     assert f["set"] in ("problems", "phrasings") and f["pred"].startswith("9") and f["reply"]
     table = format_table(res)
     assert "refusals" in table and "frac" in table and "0.0%" in table
+
+
+def test_reported_by_number_of_questions():
+    """The follow-ups set is also reported by how many questions the conversation holds."""
+    problems = eval_set("followups", 40) + eval_set("problems", 8)
+    four = lambda ex: sum(m["role"] == "user" for m in ex["messages"]) == 4  # noqa: E731
+    res = evaluate(_oracle(problems, wrong_if=four), problems, progress=False)
+    lengths = res["per_length"]
+    assert list(lengths) == ["1", "2", "3", "4"] and lengths["1"]["n"] == 8
+    assert sum(t["n"] for t in lengths.values()) == 48
+    assert lengths["4"]["accuracy"] == 0.0 and lengths["2"]["accuracy"] == 1.0
+    assert "questions" in format_table(res)
 
 
 def test_grading_with_math_verify():

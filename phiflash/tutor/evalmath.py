@@ -2,8 +2,8 @@
 
 Four reports, kept apart (:data:`phiflash.tutor.data.EVAL_SETS`): held-out *problems* (asked in
 training phrasings), held-out *phrasings* (whole templates never trained on), *follow-ups*
-(a second turn that uses the previous answer, or a new unrelated question in the same
-conversation) and *refusals* (out-of-scope requests, in held-out wordings).
+(a last question that uses the previous answer, or a new unrelated question, after one to three
+earlier questions in the same conversation; also reported by the number of questions) and *refusals* (out-of-scope requests, in held-out wordings).
 
 Each example is sent as a fresh chat (the engine's cache is reset). The answer is read from the
 reply by :func:`phiflash.tutor.answers.extract_boxed` -- the extraction the chat's badge uses --
@@ -190,8 +190,9 @@ def evaluate(
     :func:`tutor.data.dataset`; those without a ``set`` tag count as ``problems``).
 
     ``params`` defaults to greedy decoding. Returns dict(accuracy, n, correct, per_set,
-    per_kind, check, failures, tokens, seconds); ``per_set`` and ``per_kind`` map a name to
-    dict(n, correct, accuracy), ``check`` counts the chat's sympy marks on these replies
+    per_kind, per_length, check, failures, tokens, seconds); ``per_set`` and ``per_kind`` map a
+    name to dict(n, correct, accuracy), ``per_length`` the number of questions in the
+    conversation ("1", "2", …) to the same, ``check`` counts the chat's sympy marks on these replies
     (checked, differs, none) and where they disagree with math-verify (false_differs: ✗ on a
     right answer, false_checked: ✓ on a wrong one), and ``failures`` lists dict(set, kind,
     question, gold, pred, reply, finish_reason, mark). ``progress``: a tqdm bar (None = only on a
@@ -203,6 +204,7 @@ def evaluate(
     problems = list(problems)
     per_kind: dict[str, dict] = {}
     per_set: dict[str, dict] = {}
+    per_length: dict[str, dict] = {}
     failures = []
     check = {"checked": 0, "differs": 0, "none": 0, "false_differs": 0, "false_checked": 0}
     correct = tokens = 0
@@ -229,6 +231,7 @@ def evaluate(
         name = ex.get("set", "problems")
         _tally(per_kind, ex["kind"], ok)
         _tally(per_set, name, ok)
+        _tally(per_length, str(len(users)), ok)
         correct += int(ok)
         if not ok:
             failures.append(
@@ -254,6 +257,7 @@ def evaluate(
         "correct": correct,
         "per_set": _finish(per_set, EVAL_SETS),
         "per_kind": _finish(per_kind, KINDS),
+        "per_length": _finish(per_length, sorted(per_length, key=int)),
         "check": check,
         "failures": failures,
         "tokens": tokens,
@@ -274,6 +278,10 @@ def format_table(result: dict) -> str:
     lines.append(f"{'all':<10}{result['n']:>6}{result['correct']:>9}{result['accuracy']:>10.1%}")
     lines += ["", f"{'kind':<10}{'n':>6}{'correct':>9}{'accuracy':>10}", "-" * 35]
     lines += _rows(result["per_kind"])
+    lengths = result.get("per_length", {})
+    if len(lengths) > 1:
+        lines += ["", f"{'questions':<10}{'n':>6}{'correct':>9}{'accuracy':>10}", "-" * 35]
+        lines += _rows(lengths)
     c = result.get("check")
     if c:
         lines += [
