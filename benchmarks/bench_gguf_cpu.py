@@ -501,6 +501,8 @@ def fmt_table(results: dict, args) -> str:
                 pt = point(res, arch, "tg", c)
                 row.append(f"{pt['tok_s']:.2f} ({100 * pt['roof']:.0f}%)")
             lines.append("| " + " | ".join(row) + " |")
+    if not any({"sambay", "phi3"} <= res.keys() for res in results.values()):
+        return "\n".join(lines)  # one model only: no pairs
     lines.append("")
     lines.append(
         "| paired ratio SambaY / Phi-4-mini | "
@@ -584,9 +586,10 @@ def main(argv=None) -> int:
         for b in p["bw"]
     ]
     print()
+    baseline = "upstream 0.3.36 (same recipe)" if args.baseline_lib else "the same fork wheel"
     print(
-        f"SambaY on llama-cpp-python {FORK_VERSION}, Phi-4-mini on "
-        + ("upstream 0.3.36 (same recipe)" if args.baseline_lib else "the same fork wheel")
+        f"SambaY on llama-cpp-python {FORK_VERSION}"
+        + (f", Phi-4-mini on {baseline}" if "phi3" in args.archs else "")
         + f"; {args.threads} threads, {machine_line()}; "
         f"read bandwidth {bw:.1f} GB/s at start"
         + (f" ({min(all_bw):.1f}-{max(all_bw):.1f} over the rounds)" if all_bw else "")
