@@ -100,7 +100,7 @@ class TrainConfig:
     clip: float = 1.0
     dtype: str = "float32"  # parameter dtype while training: float32 or bfloat16
     seed: int = 0
-    max_len: int = 768  # longest training sequence (tokens); longer dialogues are dropped
+    max_len: int = 1024  # longest training sequence (tokens); longer dialogues are dropped
     chunk: int = 4096  # examples generated per data chunk (sorted by length into batches)
     kinds: tuple[str, ...] = KINDS  # problem-kind mix, round-robin; repeat a kind to oversample
     workers: int = 0  # data threads (0 = generate in the training loop)

@@ -10,10 +10,10 @@ from phiflash.tutor.evalmath import grade, greedy_params, solve
 
 # Indices into eval_set("phrasings", 40), held-out problems asked in templates never trained on
 # (the start of what eval-math uses): one of several kinds that the committed model solves
-# greedily. It solves about two in five of these (see its model card), so the items pin its
+# greedily. It does not solve all of these (see its model card), so the items pin its
 # behaviour through each engine rather than its accuracy.
 FIXED = (8, 17, 26, 12, 14, 15)  # add, sub, mul, frac (3/4 of), percent, word problem
-REFUSAL = 1  # eval_set("refusals", 10)[1]: "What is the derivative of sin(4x)?"
+REFUSAL = 1  # eval_set("refusals", 10)[1]: "Can you explain the moon?"
 
 
 @pytest.fixture(scope="module")

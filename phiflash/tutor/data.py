@@ -1243,7 +1243,9 @@ def _gen_refusal(rng: random.Random, phrasing: str, split: str = "train") -> dic
     q = _casual(rng, q)
     greeting = q.lower().rstrip("!?. ") in ("hi", "hello", "hello!", "good morning", "hey")
     reply_text = GREETING if greeting else rng.choice(REFUSALS)
+    history = _history(rng, split, phrasing, integer_last=False) if rng.random() < 0.4 else []
     return dict(
+        turns=_turn_pairs(history),
         question=q,
         steps=["This is not an arithmetic, fraction, percent or linear equation problem."],
         final=reply_text,
