@@ -3,7 +3,9 @@
 Four reports, kept apart (:data:`phiflash.tutor.data.EVAL_SETS`): held-out *problems* (asked in
 training phrasings), held-out *phrasings* (whole templates never trained on), *follow-ups*
 (a last question that uses the previous answer, or a new unrelated question, after one to three
-earlier questions in the same conversation; also reported by the number of questions) and *refusals* (out-of-scope requests, in held-out wordings).
+earlier questions in the same conversation) and *refusals* (out-of-scope requests in held-out
+wordings, some after earlier questions). Accuracy is also reported by the number of questions
+in the conversation.
 
 Each example is sent as a fresh chat (the engine's cache is reset). The answer is read from the
 reply by :func:`phiflash.tutor.answers.extract_boxed` -- the extraction the chat's badge uses --
