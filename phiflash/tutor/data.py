@@ -1109,6 +1109,7 @@ def _followup_turn(rng: random.Random, phrasing: str, prev_turn: dict) -> dict:
 # conversation going for several questions instead of starting a new one.
 HISTORY_LENGTHS = (1, 2, 3)
 HISTORY_WEIGHTS = (0.5, 0.3, 0.2)
+P_REFUSAL_HISTORY = 0.4  # an out-of-scope request after earlier questions; else it opens one
 
 
 def _history(rng: random.Random, split: str, phrasing: str, integer_last: bool) -> list[dict]:
@@ -1243,7 +1244,8 @@ def _gen_refusal(rng: random.Random, phrasing: str, split: str = "train") -> dic
     q = _casual(rng, q)
     greeting = q.lower().rstrip("!?. ") in ("hi", "hello", "hello!", "good morning", "hey")
     reply_text = GREETING if greeting else rng.choice(REFUSALS)
-    history = _history(rng, split, phrasing, integer_last=False) if rng.random() < 0.4 else []
+    later = rng.random() < P_REFUSAL_HISTORY
+    history = _history(rng, split, phrasing, integer_last=False) if later else []
     return dict(
         turns=_turn_pairs(history),
         question=q,
