@@ -1041,6 +1041,11 @@ VAR_FOLLOWUPS = (
 NEWQ_BRIDGES = ("", "", "", "ok, next one: ", "thanks! ", "another one: ", "new question: ")
 
 
+def _integer_answer(p: dict) -> bool:
+    """The answer is a whole number (a follow-up can compute on it), not a fraction."""
+    return "/" not in p["answer"]
+
+
 def _first_turn(rng: random.Random, split: str, phrasing: str, integer: bool) -> dict:
     """A first question and its full reply (for the dialogue kinds)."""
     kinds = ("add", "sub", "mul", "div", "linear", "percent", "word")
@@ -1050,7 +1055,7 @@ def _first_turn(rng: random.Random, split: str, phrasing: str, integer: bool) ->
         p = _GENERATORS[rng.choice(kinds)](rng, phrasing)
         if split_of(p["key"]) != split:
             continue
-        if integer and "/" in p["answer"]:
+        if integer and not _integer_answer(p):
             continue
         return p
     raise RuntimeError("no first turn")
@@ -1121,7 +1126,7 @@ def _history(rng: random.Random, split: str, phrasing: str, integer_last: bool) 
     for i in range(n):
         last = i == n - 1
         prev = turns[-1] if turns else None
-        if prev is not None and "/" not in prev["answer"] and rng.random() < 0.5:
+        if prev is not None and _integer_answer(prev) and rng.random() < 0.5:
             turns.append(_followup_turn(rng, phrasing, prev))
             continue
         p = _first_turn(rng, split, phrasing, integer=integer_last and last)
