@@ -124,6 +124,19 @@ class GenerationParams:
             raise InvalidParamsError(f"{name} must be a whole number >= 0 (0 = no limit)")
         return self
 
+    def check_budget_room(self, names: dict[str, str] | None = None) -> GenerationParams:
+        """A budget the user set must leave room for the answer: below max tokens (it counts
+        toward them). Callers apply it to a budget the user chose, not to a default or a
+        server's cap; returns ``self``."""
+        n = {"thinking_budget": "thinking budget", "max_tokens": "max tokens"} | (names or {})
+        b, m = self.thinking_budget, self.max_tokens
+        if b and m > 0 and b >= m:
+            raise InvalidParamsError(
+                f"the {n['thinking_budget']} ({b}) must be below {n['max_tokens']} ({m}): it "
+                "counts toward them, and the answer needs room after it"
+            )
+        return self
+
 
 @dataclass
 class Chunk:

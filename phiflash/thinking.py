@@ -69,8 +69,9 @@ class ThinkingBudget:
             return self.close_ids[self._forced]
         return None
 
-    def feed(self, token: int) -> None:
-        """Advance with the token just generated (forced or sampled)."""
+    def feed(self, token: int, text: str | None = None) -> None:
+        """Advance with the token just generated (forced or sampled); ``text`` is its decoded
+        piece where the caller has it already (else ``decode`` is called)."""
         if self.state == "closing":
             self._forced += 1
             if self._forced == len(self.close_ids):
@@ -78,7 +79,8 @@ class ThinkingBudget:
             return
         if self.state == "done":
             return
-        self._tail = (self._tail + self.decode(int(token)))[-_TAIL:]
+        piece = self.decode(int(token)) if text is None else text
+        self._tail = (self._tail + piece)[-_TAIL:]
         if self.state == "before":
             at = self._tail.find(THINK_OPEN)
             if at >= 0:

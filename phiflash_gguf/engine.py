@@ -228,14 +228,15 @@ class GGUFEngine:
                     tok = lc.llama_sampler_sample(sampler, llm.ctx, -1)
                 else:  # the thinking budget is spent: the next id of </think>
                     tok = forced
+                piece = llm.detokenize([tok])  # once: for the budget and for the text
                 if budget is not None:
-                    budget.feed(tok)
+                    budget.feed(tok, piece.decode("utf-8", "replace"))
                 n_gen += 1
                 if lc.llama_vocab_is_eog(self._vocab, tok):
                     tail = decoder.decode(b"", final=True)
                     yield self._chunk(tail, tok, n_prompt, prompt_tps, n_gen, t_gen, "stop")
                     return
-                text = decoder.decode(llm.detokenize([tok]))
+                text = decoder.decode(piece)
                 if n_gen >= max_tokens:
                     text += decoder.decode(b"", final=True)
                     yield self._chunk(text, tok, n_prompt, prompt_tps, n_gen, t_gen, "length")

@@ -211,6 +211,23 @@ def test_settings_screen_uses_the_same_rule():
             parse_settings(temp, top_p, max_tokens)
 
 
+def test_budget_must_leave_room_for_the_answer(tmp_path):
+    """The one rule for a budget the user chose: below max tokens, in every front end."""
+    with pytest.raises(InvalidParamsError, match="must be below max tokens"):
+        GenerationParams(max_tokens=100, thinking_budget=100).check_budget_room()
+    for ok in ({"max_tokens": 100, "thinking_budget": 99}, {"max_tokens": -1, "thinking_budget": 9}):
+        GenerationParams(**ok).check_budget_room()
+    check_refused(tmp_path, gen("-p", "hi", "--thinking-budget", "4"), b"", "--thinking-budget (4)")
+    r = phiflash(
+        ["chat", "--max-tokens", "64", "--thinking-budget", "64"],
+        tmp_path,
+        PHIFLASH_DATA_DIR=str(tmp_path / "data"),
+    )
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "must be below --max-tokens (64)" in err, err
+    assert not (tmp_path / "data").exists()
+
+
 def test_chat_flags_use_the_same_rule(tmp_path):
     r = phiflash(["chat", "--temp", "nan"], tmp_path, PHIFLASH_DATA_DIR=str(tmp_path / "data"))
     err = r.stderr.decode()

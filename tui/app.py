@@ -270,15 +270,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         given["max_tokens"] = args.max_tokens
     if args.thinking_budget is not None:
         given["thinking_budget"] = args.thinking_budget
+    names = {
+        "temperature": "--temp",
+        "top_p": "--top-p",
+        "max_tokens": "--max-tokens",
+        "thinking_budget": "--thinking-budget",
+    }
     try:  # the one rule, as `phiflash generate` and the settings screen apply it
-        GenerationParams(**given).validate(
-            {
-                "temperature": "--temp",
-                "top_p": "--top-p",
-                "max_tokens": "--max-tokens",
-                "thinking_budget": "--thinking-budget",
-            }
-        )
+        params = GenerationParams(**given).validate(names)
+        if {"max_tokens", "thinking_budget"} <= given.keys():  # else max tokens is the model's
+            params.check_budget_room(names)
     except InvalidParamsError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")  # one line, without the usage block
     return args

@@ -156,6 +156,7 @@ def main(argv=None) -> int:
         seed=args.seed,
         thinking_budget=args.thinking_budget,
     ).validate(FLAG_NAMES)
+    params.check_budget_room(FLAG_NAMES)
     if args.kv_bits is not None:
         raise InvalidParamsError(KV_BITS_REFUSAL)
     prompt = read_prompt(args.prompt)

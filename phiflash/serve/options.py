@@ -203,6 +203,10 @@ def _max_tokens(body: dict, room: Classroom) -> int:
 
 def _cap_thinking_budget(params: GenerationParams, room: Classroom) -> None:
     """With ``--thinking-budget-cap``: no budget (0) gets the cap, a larger one is refused."""
+    try:  # a budget the request chose must leave room for the answer
+        params.check_budget_room({"thinking_budget": "thinking_budget", "max_tokens": "max_tokens"})
+    except InvalidParamsError as e:
+        raise RequestError(400, str(e), "invalid_value") from None
     cap = room.thinking_budget_cap
     if cap is None:
         return

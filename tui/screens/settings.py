@@ -40,14 +40,9 @@ def parse_budget(text: str, max_tokens: int) -> int:
     except ValueError:
         raise ValueError("the thinking budget must be a whole number (0 = no limit)") from None
     try:
-        GenerationParams(max_tokens=max_tokens, thinking_budget=b).validate()
+        GenerationParams(max_tokens=max_tokens, thinking_budget=b).validate().check_budget_room()
     except InvalidParamsError as e:
         raise ValueError(str(e)) from e
-    if b and max_tokens > 0 and b >= max_tokens:
-        raise ValueError(
-            f"the thinking budget ({b}) must be below max tokens ({max_tokens}): it counts toward "
-            "them, and the answer needs room after it"
-        )
     return b
 
 
