@@ -245,7 +245,7 @@ def bad_requests(other_model_path: str) -> list[tuple[str, dict, int, str]]:
         ("temperature", dict(body={**good, "temperature": -1}), 400, "temperature"),
         ("top_p", dict(body={**good, "top_p": 0}), 400, "top_p"),
         ("top_k", dict(body={**good, "top_k": "many"}), 400, "top_k"),
-        ("budget >= max_tokens", dict(body={**good, "thinking_budget": 8}), 400, "below max_tokens"),
+        ("budget >= max_tokens", dict(body={**good, "thinking_budget": 8}), 400, "below max"),
         ("no messages", dict(body={"max_tokens": 8}), 400, "messages"),
         ("bad role", dict(body={**good, "messages": [{"role": "x", "content": "a"}]}), 400, "role"),
         ("n=2", dict(body={**good, "n": 2}), 400, "n must be 1"),
