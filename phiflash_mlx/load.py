@@ -84,6 +84,8 @@ def load_model(path, dtype=None, lazy: bool = False) -> tuple[Model, dict]:
     """Build the model from ``path``. ``dtype`` (e.g. mx.float32) casts the floating weights;
     by default they keep their stored dtype (bf16 for the real checkpoint); ``"auto"`` is
     :func:`auto_dtype`'s choice (what the chat and eval-math use)."""
+    if isinstance(dtype, str) and dtype != "auto":
+        raise ValueError(f"dtype must be an mlx dtype, None or 'auto' (got {dtype!r})")
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"model directory not found: {path}")
@@ -96,7 +98,7 @@ def load_model(path, dtype=None, lazy: bool = False) -> tuple[Model, dict]:
     weights = model.sanitize(load_weights(path))
     _quantize(model, config, weights)
     _check_names_and_shapes(model, weights)
-    if isinstance(dtype, str) and dtype == "auto":
+    if dtype == "auto":
         dtype = auto_dtype(config, weights)
     if dtype is not None:
         weights = {

@@ -20,17 +20,16 @@ from phiflash.tutor.evalmath import (
 
 @dataclass
 class OracleEngine(FakeEngine):
-    """Replies with the generated solution (optionally wrong for some kinds)."""
+    """Replies with the generated solution (wrong where ``wrong_if(example)`` holds)."""
 
     solutions: dict | None = None
-    wrong_kinds: tuple = ()
     wrong_if: object = None  # a predicate on the example
     params_seen: list | None = None
 
     def stream(self, messages, params, should_stop=None):
         ex = self.solutions[json.dumps(messages)]
         reply = ex["messages"][-1]["content"]
-        if ex["kind"] in self.wrong_kinds or (self.wrong_if and self.wrong_if(ex)):
+        if self.wrong_if is not None and self.wrong_if(ex):
             reply = reply.replace("\\boxed{", "\\boxed{9") if ex["answer"] else "\\boxed{1}"
         self.reply = reply
         if self.params_seen is not None:
@@ -38,7 +37,10 @@ class OracleEngine(FakeEngine):
         yield from super().stream(messages, params, should_stop)
 
 
-def _oracle(problems, **kw):
+def _oracle(problems, wrong_kinds=(), **kw):
+    """An oracle for ``problems``; ``wrong_kinds`` is ``wrong_if`` for whole kinds."""
+    if wrong_kinds:
+        kw["wrong_if"] = lambda ex: ex["kind"] in wrong_kinds
     return OracleEngine(solutions={json.dumps(ex["messages"][:-1]): ex for ex in problems}, **kw)
 
 

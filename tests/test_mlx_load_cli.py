@@ -290,6 +290,8 @@ def test_auto_dtype_runs_a_small_16_bit_checkpoint_in_float32_on_the_cpu(monkeyp
     assert mx.default_device() == mx.cpu
     assert dtype_of(load_model(TINY, dtype="auto")[0]) == mx.float32
     assert dtype_of(load_model(TINY)[0]) == mx.bfloat16  # None keeps the stored dtypes
+    with pytest.raises(ValueError, match="'float32'"):  # a dtype's name is not a dtype
+        load_model(TINY, dtype="float32")
     assert MLXEngine(str(TINY)).quantization == "bf16"
     assert MLXEngine(str(TINY), dtype="auto").quantization == "fp32"
     assert open_engine(str(TINY), mlx_dtype="auto").quantization == "fp32"
