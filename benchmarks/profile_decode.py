@@ -1,0 +1,129 @@
+"""Where a decode token's time goes: SambaY's decode with one layer kind left out at a time,
+against mlx-lm's phi3 with all its layers and with none, in one run.
+
+    python benchmarks/profile_decode.py [--quant 4bit] [--ctx 1024] [--quick]
+
+Both models are built as ``bench_mlx.py`` builds them (full size, random weights, the same
+quantization) and decode with mlx-lm's ``generate_step`` after a cache filled to ``--ctx``.
+A left-out layer passes the residual stream through unchanged (its cache is kept but never
+read), so "full - without kind" is what that kind's layers cost per token, and divided by
+their count, per layer. "none" leaves every layer out: embedding, final norm and LM head
+only. The layers that feed others (the cross-decoder's Mamba, whose output GMUs gate, and
+the global attention, whose K/V the cross layers read) are never left out. Rows are the
+best of ``--repeat`` runs: decode speed on a GPU moves between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+
+import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
+import mlx.core as mx
+from bench_mlx import decode_tps, ours_model, phi3_model, quantize, to_bf16
+from mlx_lm.models import phi3
+
+LEAVE_OUT = ("mamba", "swa", "gmu", "cross")
+
+
+class Skipped:
+    """Stands in for a left-out layer: the residual stream passes unchanged; everything else
+    (kind, attention shapes for building and filling the cache) is the layer's own."""
+
+    def __init__(self, layer):
+        self._layer = layer
+
+    def __getattr__(self, name):
+        return getattr(self._layer, name)
+
+    def __call__(self, h, *args, **kwargs):
+        if isinstance(self._layer, phi3.TransformerBlock):
+            return h
+        memory, shared_kv, hn = (list(args) + [None] * 4)[1:4]
+        memory = kwargs.get("memory", memory)
+        shared_kv = kwargs.get("shared_kv", shared_kv)
+        return h, memory, shared_kv, kwargs.get("hn", hn)
+
+
+def build(name: str, quant: str, quick: bool):
+    model = (ours_model if name == "sambay" else phi3_model)(quick)
+    to_bf16(model)
+    if quant in ("4bit", "8bit"):
+        quantize(model, int(quant[0]))
+    model.eval()
+    return model
+
+
+def ms_per_token(model, ctx: int, n: int, repeat: int) -> float:
+    return 1e3 / max(decode_tps(model, ctx, n, mx.bfloat16) for _ in range(repeat))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quant", default="4bit", choices=("bf16", "8bit", "4bit"))
+    p.add_argument("--ctx", type=int, default=1024)
+    p.add_argument("--gen-tokens", type=int, default=64)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="small widths, any device")
+    a = p.parse_args(argv)
+    print(json.dumps({"mlx": mx.__version__, "device": str(mx.default_device()), **vars(a)}))
+
+    rows = []
+
+    def row(label: str, ms: float, n_layers: int | None = None, full: float | None = None):
+        r = {"variant": label, "ms_per_token": round(ms, 3)}
+        if full is not None and n_layers:
+            r["kind_ms"] = round(full - ms, 3)
+            r["per_layer_ms"] = round((full - ms) / n_layers, 4)
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+
+    ours = build("sambay", a.quant, a.quick)
+    layers = list(ours.model.layers)
+    decode_tps(ours, 256, 16, mx.bfloat16)  # warm-up: traces the compiled steps
+    full = ms_per_token(ours, a.ctx, a.gen_tokens, a.repeat)
+    row("sambay", full)
+    for kind in LEAVE_OUT:
+        picked = [i for i, layer in enumerate(layers) if layer.kind == kind]
+        ours.model.layers = [Skipped(x) if i in picked else x for i, x in enumerate(layers)]
+        row(
+            f"sambay without {kind} ({len(picked)})",
+            ms_per_token(ours, a.ctx, a.gen_tokens, a.repeat),
+            len(picked),
+            full,
+        )
+    keep = {"mamba_mem", "attn"}  # they feed the cross-decoder
+    ours.model.layers = [x if x.kind in keep else Skipped(x) for x in layers]
+    row("sambay, only mamba_mem + attn", ms_per_token(ours, a.ctx, a.gen_tokens, a.repeat))
+    ours.model.layers = layers
+    del ours
+    gc.collect()
+    mx.clear_cache()
+
+    phi = build("phi3", a.quant, a.quick)
+    decode_tps(phi, 256, 16, mx.bfloat16)
+    pfull = ms_per_token(phi, a.ctx, a.gen_tokens, a.repeat)
+    row("phi3", pfull)
+    players = list(phi.model.layers)
+    phi.model.layers = [Skipped(x) for x in players]
+    row(
+        f"phi3 without its layers ({len(players)})",
+        ms_per_token(phi, a.ctx, a.gen_tokens, a.repeat),
+        len(players),
+        pfull,
+    )
+    print()
+    print(f"| variant ({a.quant}, ctx {a.ctx}) | ms/token | kind ms | per layer ms |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['variant']} | {r['ms_per_token']:.2f} | {r.get('kind_ms', '')} "
+            f"| {r.get('per_layer_ms', '')} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
