@@ -5,14 +5,15 @@ Every example is a chat in the real Phi-4-mini-flash format::
     [{"role": "system", ...}?, {"role": "user", "content": question},
      {"role": "assistant", "content": "<think>steps</think>short answer \\boxed{answer}"}]
 
-Math kinds (one question, one answer): ``add``, ``sub``, ``mul``, ``div`` (column methods and
-long division, carries/borrows shown digit by digit, numbers from 0 to seven digits, negative
-differences), ``frac`` (add/sub/mul/div simplified through the gcd, ``3/4 of 12``), ``linear``
-(any small integer coefficients, missing terms, the unknown on both sides, negative answers),
-``percent`` (x% of y, what percent, percent change) and ``word`` (word problems with units and
-money). Dialogue kinds: ``followup`` (a second question that uses the previous answer), ``newq``
-(a new, unrelated question in the same conversation) and ``refusal`` (an out-of-scope request,
-answered with a short, kind refusal that says what the tutor can do; no ``\\boxed{}``).
+Math kinds (one question, one answer): ``add``, ``sub``, ``mul``, ``div`` (column methods and long
+division, carries/borrows shown digit by digit, a division's quotient digits read off the divisor's
+multiples written out first, numbers from 0 to seven digits, negative differences), ``frac``
+(add/sub/mul/div simplified through the gcd, ``3/4 of 12``), ``linear`` (any small integer
+coefficients, missing terms, the unknown on both sides, negative answers), ``percent`` (x% of y,
+what percent, percent change) and ``word`` (word problems with units and money). Dialogue kinds:
+``followup`` (a second question that uses the previous answer), ``newq`` (a new, unrelated question
+in the same conversation) and ``refusal`` (an out-of-scope request, answered with a short, kind
+refusal that says what the tutor can do; no ``\\boxed{}``).
 
 Every operator is written in every spelling students use (``+ - − × * · x ÷ /`` and words), and
 each kind has at least ten phrasings, casual ones included ("whats 7*8", no question mark,
@@ -245,16 +246,27 @@ def mul_steps(a: int, b: int) -> tuple[list[str], int]:
     return lines + [f"So {a} × {b} = {p}."], p
 
 
+def multiples_line(b: int) -> str:
+    """'7 × 1 = 7, 7 × 2 = 14, ..., 7 × 9 = 63.': each one the last plus ``b``, so a small model
+    writes the table by adding, then reads every quotient digit off it (copying the factor of
+    the largest multiple that fits) instead of recalling a times table."""
+    return ", ".join(f"{b} × {k} = {b * k}" for k in range(1, 10)) + "."
+
+
 def div_steps(a: int, b: int) -> tuple[list[str], int]:
-    """a ÷ b for b >= 1 dividing a >= 0 exactly: long division from the left."""
+    """a ÷ b for b >= 1 dividing a >= 0 exactly: the multiples of b, then long division from
+    the left with each digit read off them."""
     q = a // b
     assert q * b == a
     if b == 1:
         return [f"Dividing by 1 changes nothing: {a} ÷ 1 = {a}."], a
-    if a < 100 and q < 10:
-        return [f"{b} × {q} = {a}, so {a} ÷ {b} = {q}."], q
+    if a == 0:
+        return [f"0 divided by anything is 0: 0 ÷ {b} = 0."], 0
+    table = multiples_line(b)
+    if a < 10 * b:
+        return [f"The multiples of {b}: {table}", f"{a} is {b} × {q}, so {a} ÷ {b} = {q}."], q
     digits = str(a)
-    lines = [f"Divide {a} by {b} from the left."]
+    lines = [f"The multiples of {b}: {table}", f"Divide {a} by {b} from the left."]
     cur, i = 0, 0
     while i < len(digits) and cur * 10 + int(digits[i]) < b:
         cur = cur * 10 + int(digits[i])
