@@ -1,0 +1,172 @@
+"""What each piece of a one-token decode step costs: SambaY's Mamba, sliding-window and cross
+layers taken apart, against a phi3 (Phi-4-mini) layer, at full width, 4-bit.
+
+    python benchmarks/profile_mixers.py [--ctx 1024] [--bits 4] [--calls 300] [--quick]
+
+Each piece runs ``--calls`` times back to back, every result handed to ``mx.async_eval`` as
+mlx-lm's decode loop does, then one synchronize: milliseconds per call with launches
+pipelined, as inside a decode step (a piece's inputs are evaluated before, so only its own
+kernels run). ``profile_decode.py`` says which layer kinds cost the time; this says which
+piece inside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
+import mlx.core as mx
+import mlx.nn as nn
+from _common import real_config
+from bench_mlx import phi3_model
+from mlx_lm.models.cache import KVCache, RotatingKVCache
+
+from phiflash_mlx.model import DecoderLayer, ModelArgs, _build_decode_fns, conv_step, mamba_step
+
+
+def per_call_ms(fn, calls: int) -> float:
+    mx.eval(fn())
+    mx.synchronize()
+    t = time.perf_counter()
+    out = None
+    for _ in range(calls):
+        out = fn()
+        mx.async_eval(out)
+    mx.eval(out)
+    mx.synchronize()
+    return (time.perf_counter() - t) / calls * 1e3
+
+
+def prepared(module, bits: int):
+    module.set_dtype(mx.bfloat16)
+    if bits < 16:
+        nn.quantize(
+            module,
+            group_size=64,
+            bits=bits,
+            class_predicate=lambda p, m: (
+                hasattr(m, "to_quantized") and m.weight.shape[-1] % 64 == 0
+            ),
+        )
+    module.eval()
+    mx.eval(module.parameters())
+    return module
+
+
+def filled_kv(cache, heads: int, n: int, dim: int):
+    k = mx.random.normal((1, heads, n, dim)).astype(mx.bfloat16)
+    cache.update_and_fetch(k, k)
+    mx.eval(cache.state)
+    return cache
+
+
+def mamba_pieces(args, bits: int) -> dict:
+    layer = prepared(DecoderLayer(args, 0), bits)
+    mb, fns = layer.attn, _build_decode_fns(layer)
+    bf = mx.bfloat16
+    h = mx.random.normal((1, 1, args.hidden_size))
+    x = layer.input_layernorm(h.astype(bf))
+    xb, z = mx.split(mb.in_proj(x), 2, axis=-1)
+    conv_state = mx.random.normal((1, mb.d_conv - 1, mb.d_inner)).astype(bf)
+    state = mx.random.normal((1, mb.d_inner, mb.d_state)) * 0.1
+    conv = mb.conv1d
+    u, _ = conv_step(conv_state, xb, conv.weight, conv.bias)
+    dbc = mb.x_proj(u)
+    r, n = mb.dt_rank, mb.d_state
+    dt = mb.dt_proj(dbc[..., :r])
+    B, C = dbc[:, 0, r : r + n], dbc[:, 0, r + n :]
+    gated, _, _ = mamba_step(u[:, 0], dt[:, 0], mb.A_log, B, C, mb.D, state, z[:, 0])
+    mx.eval(h, x, xb, z, u, dbc, dt, gated)
+    return {
+        "whole layer (compiled step)": lambda: fns["layer"](h, conv_state, state),
+        "input norm": lambda: layer.input_layernorm(h.astype(bf)),
+        f"in_proj {args.hidden_size}->{2 * mb.d_inner}": lambda: mb.in_proj(x),
+        "conv step": lambda: conv_step(conv_state, xb, conv.weight, conv.bias),
+        f"x_proj {mb.d_inner}->{r + 2 * n}": lambda: mb.x_proj(u),
+        f"dt_proj {r}->{mb.d_inner} ({type(mb.dt_proj).__name__})": lambda: mb.dt_proj(
+            dbc[..., :r]
+        ),
+        "scan step + gate": lambda: mamba_step(
+            u[:, 0], dt[:, 0], mb.A_log, B, C, mb.D, state, z[:, 0]
+        ),
+        f"out_proj {mb.d_inner}->{args.hidden_size}": lambda: mb.out_proj(gated[:, None]),
+        "MLP": lambda: layer.mlp(x),
+    }
+
+
+def attention_pieces(args, idx: int, ctx: int, bits: int) -> dict:
+    layer = prepared(DecoderLayer(args, idx), bits)
+    attn, fns = layer.attn, _build_decode_fns(layer)
+    m, d2 = attn.n_kv // 2, 2 * attn.head_dim
+    h = mx.random.normal((1, 1, args.hidden_size))
+    if attn.cross:
+        keys = values = mx.random.normal((1, m, ctx, d2)).astype(mx.bfloat16)
+        q = fns["pre"](h)
+        pieces = {"whole layer": lambda: layer(h, None, None, (keys, values), None, None)}
+    else:
+        cache = filled_kv(RotatingKVCache(max_size=attn.window), m, ctx, d2)
+        q, k, v = fns["pre"](h)
+        mx.eval(q, k, v)
+        keys, values = cache.update_and_fetch(k, v)
+        pieces = {
+            "whole layer": lambda: layer(h, cache, None, None, None, None),
+            "cache update": lambda: cache.update_and_fetch(k, v),
+        }
+    lam = attn.inner_cross_attn.full(attn.lambda_init)
+    o = attn.attend(q, keys, values, None)
+    mx.eval(q, keys, values, o, lam)
+    kv = f"{keys.shape[2]} keys"
+    pieces |= {
+        "pre (norm, Wqkv, paired queries)": lambda: fns["pre"](h),
+        f"attention ({q.shape[1]} query rows x {kv}, dim {d2})": lambda: attn.attend(
+            q, keys, values, None
+        ),
+        "post (combine, out_proj, MLP)": lambda: fns["post"](h, o, lam),
+    }
+    return pieces
+
+
+def phi3_pieces(ctx: int, bits: int, quick: bool) -> dict:
+    model = phi3_model(quick)
+    layer = prepared(model.model.layers[0], bits)
+    a = layer.self_attn
+    cache = filled_kv(KVCache(), a.n_kv_heads, ctx, a.head_dim)
+    h = mx.random.normal((1, 1, model.args.hidden_size)).astype(mx.bfloat16)
+    x = layer.input_layernorm(h)
+    mx.eval(h, x)
+    return {
+        "whole layer": lambda: layer(h, None, cache),
+        "attention (norm'd input, cache update, RoPE, attention, o_proj)": lambda: a(
+            x, None, cache
+        ),
+        "MLP": lambda: layer.mlp(x),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ctx", type=int, default=1024)
+    p.add_argument("--bits", type=int, default=4, choices=(4, 8, 16))
+    p.add_argument("--calls", type=int, default=300)
+    p.add_argument("--quick", action="store_true", help="small widths, any device")
+    a = p.parse_args(argv)
+    print(json.dumps({"mlx": mx.__version__, "device": str(mx.default_device()), **vars(a)}))
+    args = ModelArgs.from_dict(real_config(a.quick))
+    groups = {
+        "SambaY Mamba layer": mamba_pieces(args, a.bits),
+        "SambaY sliding-window layer": attention_pieces(args, 1, a.ctx, a.bits),
+        "SambaY cross-attention layer": attention_pieces(args, 19, a.ctx, a.bits),
+        "phi3 layer": phi3_pieces(a.ctx, a.bits, a.quick),
+    }
+    print(f"\n| piece (ctx {a.ctx}, {a.bits}-bit) | ms per call |\n|---|---|")
+    for group, pieces in groups.items():
+        for name, fn in pieces.items():
+            print(f"| {group}: {name} | {per_call_ms(fn, a.calls):.4f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
