@@ -613,8 +613,22 @@ def _pair_queries(q, m: int, g: int, hd: int):
     """
     b, T = q.shape[:2]
     q = q.reshape(b, T, m, g, 2, hd).transpose(0, 2, 4, 3, 1, 5)  # [b, m, branch, g, T, hd]
-    eye = mx.eye(2, dtype=q.dtype).reshape(1, 1, 2, 1, 1, 2, 1)  # keep half == branch
-    return (q[..., None, :] * eye).reshape(b, m * 2 * g, T, 2 * hd)
+    return (q[..., None, :] * _branch_eye(q.dtype)).reshape(b, m * 2 * g, T, 2 * hd)
+
+
+_EYES: dict = {}
+
+
+def _branch_eye(dtype) -> mx.array:
+    """The 2x2 identity that keeps half == branch, made and evaluated once per dtype: a
+    constant to the compiled decode steps, not an eye (zeros, aranges, a scatter) per layer
+    per token."""
+    eye = _EYES.get(dtype)
+    if eye is None:
+        eye = mx.eye(2, dtype=dtype).reshape(1, 1, 2, 1, 1, 2, 1)
+        mx.eval(eye)
+        _EYES[dtype] = eye
+    return eye
 
 
 def _combine(o, lam, subln_w, lambda_init: float, eps: float, m: int, g: int):
