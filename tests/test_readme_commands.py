@@ -140,11 +140,13 @@ GENERATE = (
 
 
 def capped(cmd: str) -> str:
-    """``--max-tokens``/``-m`` capped at MAX_TOKENS for generation commands."""
+    """``--max-tokens``/``-m`` capped at MAX_TOKENS for generation commands, and a
+    ``--thinking-budget`` below it (a budget must leave room for the answer)."""
     if not re.match(GENERATE, program(cmd)):
         return cmd
     if "--help" in cmd.split() or "-h" in cmd.split():
         return cmd
+    cmd = re.sub(r"(--thinking-budget)([ =])\d+", rf"\g<1>\g<2>{MAX_TOKENS // 2}", cmd)
     if re.search(r"(--max-tokens|-m)[ =]-?\d+", cmd):
         return re.sub(r"(--max-tokens|-m)([ =])-?\d+", rf"\g<1>\g<2>{MAX_TOKENS}", cmd)
     return f"{cmd} --max-tokens {MAX_TOKENS}"
