@@ -14,6 +14,9 @@ from phiflash.tutor.evalmath import grade, greedy_params, solve
 # behaviour through each engine rather than its accuracy.
 FIXED = (8, 17, 26, 12, 14, 15)  # add, sub, mul, frac (3/4 of), percent, word problem
 REFUSAL = 1  # eval_set("refusals", 10)[1]: "Can you explain the moon?"
+# Requests that come after earlier questions of the same conversation (stage 13 on): "good
+# morning" after two math questions, a story request after a follow-up chain.
+REFUSAL_LATER = (4, 13)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,19 @@ def test_mlx_engine_refuses_out_of_scope(mlx_engine):
     assert "arithmetic" in out["reply"]  # it says what it can do
 
 
+@pytest.mark.parametrize("index", REFUSAL_LATER)
+def test_mlx_engine_refuses_out_of_scope_mid_conversation(mlx_engine, index):
+    check_refuses_mid_conversation(mlx_engine, index)
+
+
+def check_refuses_mid_conversation(engine, index):
+    ex = eval_set("refusals", 20)[index]
+    assert sum(m["role"] == "user" for m in ex["messages"]) > 1  # earlier questions first
+    out = solve(engine, prompt_messages(ex), greedy_params(384))
+    assert grade(ex, out["reply"], out["finish_reason"])[0], out
+    assert "arithmetic" in out["reply"]
+
+
 @pytest.fixture(scope="module")
 def gguf_engine(tmp_path_factory):
     from phiflash.engines import open_engine
@@ -68,3 +84,8 @@ def test_gguf_engine_solves_fixed_heldout_problems(gguf_engine, index):
     assert out["finish_reason"] == "stop", out
     ok, pred = grade(ex, out["reply"], out["finish_reason"])
     assert ok, (ex["question"], ex["answer"], out["reply"])
+
+
+@pytest.mark.parametrize("index", REFUSAL_LATER)
+def test_gguf_engine_refuses_out_of_scope_mid_conversation(gguf_engine, index):
+    check_refuses_mid_conversation(gguf_engine, index)
