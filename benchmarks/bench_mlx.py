@@ -54,7 +54,8 @@ def ours_model(quick: bool):
     return Model(ModelArgs.from_dict(real_config(quick)))
 
 
-def phi3_model(quick: bool):
+def phi3_args(quick: bool):
+    """mlx-lm's phi3 arguments at Phi-4-mini's size (small widths with ``quick``)."""
     args = dict(
         model_type="phi3",
         hidden_size=3072,
@@ -70,7 +71,11 @@ def phi3_model(quick: bool):
     )
     if quick:
         args.update(QUICK_SIZES, vocab_size=QUICK_VOCAB)
-    return phi3.Model(phi3.ModelArgs(**args))
+    return phi3.ModelArgs(**args)
+
+
+def phi3_model(quick: bool):
+    return phi3.Model(phi3_args(quick))
 
 
 def to_bf16(model):

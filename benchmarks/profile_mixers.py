@@ -19,9 +19,9 @@ import time
 
 import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
-import mlx.nn as nn
 from _common import real_config
-from bench_mlx import phi3_model
+from bench_mlx import phi3_args, quantize
+from mlx_lm.models import phi3
 from mlx_lm.models.cache import KVCache, RotatingKVCache
 
 from phiflash_mlx.model import DecoderLayer, ModelArgs, _build_decode_fns, conv_step, mamba_step
@@ -43,14 +43,7 @@ def per_call_ms(fn, calls: int) -> float:
 def prepared(module, bits: int):
     module.set_dtype(mx.bfloat16)
     if bits < 16:
-        nn.quantize(
-            module,
-            group_size=64,
-            bits=bits,
-            class_predicate=lambda p, m: (
-                hasattr(m, "to_quantized") and m.weight.shape[-1] % 64 == 0
-            ),
-        )
+        quantize(module, bits)
     module.eval()
     mx.eval(module.parameters())
     return module
@@ -130,11 +123,11 @@ def attention_pieces(args, idx: int, ctx: int, bits: int) -> dict:
 
 
 def phi3_pieces(ctx: int, bits: int, quick: bool) -> dict:
-    model = phi3_model(quick)
-    layer = prepared(model.model.layers[0], bits)
+    args = phi3_args(quick)
+    layer = prepared(phi3.TransformerBlock(args), bits)
     a = layer.self_attn
     cache = filled_kv(KVCache(), a.n_kv_heads, ctx, a.head_dim)
-    h = mx.random.normal((1, 1, model.args.hidden_size)).astype(mx.bfloat16)
+    h = mx.random.normal((1, 1, args.hidden_size)).astype(mx.bfloat16)
     x = layer.input_layernorm(h)
     mx.eval(h, x)
     return {

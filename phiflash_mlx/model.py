@@ -18,7 +18,7 @@
 import logging
 import math
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import mlx.core as mx
@@ -616,18 +616,13 @@ def _pair_queries(q, m: int, g: int, hd: int):
     return (q[..., None, :] * _branch_eye(q.dtype)).reshape(b, m * 2 * g, T, 2 * hd)
 
 
-_EYES: dict = {}
-
-
+@cache
 def _branch_eye(dtype) -> mx.array:
     """The 2x2 identity that keeps half == branch, made and evaluated once per dtype: a
     constant to the compiled decode steps, not an eye (zeros, aranges, a scatter) per layer
     per token."""
-    eye = _EYES.get(dtype)
-    if eye is None:
-        eye = mx.eye(2, dtype=dtype).reshape(1, 1, 2, 1, 1, 2, 1)
-        mx.eval(eye)
-        _EYES[dtype] = eye
+    eye = mx.eye(2, dtype=dtype).reshape(1, 1, 2, 1, 1, 2, 1)
+    mx.eval(eye)
     return eye
 
 

@@ -13,7 +13,7 @@ from phiflash.tutor.evalmath import grade, greedy_params, solve
 # greedily. It does not solve all of these (see its model card), so the items pin its
 # behaviour through each engine rather than its accuracy.
 FIXED = (8, 17, 26, 12, 14, 15)  # add, sub, mul, frac (3/4 of), percent, word problem
-REFUSAL = 1  # eval_set("refusals", 10)[1]: "Can you explain the moon?"
+REFUSAL = 1  # eval_set("refusals", 20)[1]: "Can you explain the moon?"
 # Requests that come after earlier questions of the same conversation (stage 13 on): "good
 # morning" after two math questions, a story request after a follow-up chain.
 REFUSAL_LATER = (4, 13)
@@ -47,24 +47,23 @@ def test_mlx_engine_solves_fixed_heldout_problems(mlx_engine, index):
     assert ok, (ex["question"], ex["answer"], out["reply"])
 
 
-def test_mlx_engine_refuses_out_of_scope(mlx_engine):
-    ex = eval_set("refusals", 10)[REFUSAL]
-    out = solve(mlx_engine, prompt_messages(ex), greedy_params(384))
+def check_refuses(engine, index: int, later: bool) -> None:
+    """eval_set("refusals", 20)[index] is refused, saying what the tutor can do; ``later``: the
+    request comes after earlier questions of the conversation."""
+    ex = eval_set("refusals", 20)[index]
+    assert (sum(m["role"] == "user" for m in ex["messages"]) > 1) == later
+    out = solve(engine, prompt_messages(ex), greedy_params(384))
     assert grade(ex, out["reply"], out["finish_reason"])[0], out
     assert "arithmetic" in out["reply"]  # it says what it can do
 
 
+def test_mlx_engine_refuses_out_of_scope(mlx_engine):
+    check_refuses(mlx_engine, REFUSAL, later=False)
+
+
 @pytest.mark.parametrize("index", REFUSAL_LATER)
 def test_mlx_engine_refuses_out_of_scope_mid_conversation(mlx_engine, index):
-    check_refuses_mid_conversation(mlx_engine, index)
-
-
-def check_refuses_mid_conversation(engine, index):
-    ex = eval_set("refusals", 20)[index]
-    assert sum(m["role"] == "user" for m in ex["messages"]) > 1  # earlier questions first
-    out = solve(engine, prompt_messages(ex), greedy_params(384))
-    assert grade(ex, out["reply"], out["finish_reason"])[0], out
-    assert "arithmetic" in out["reply"]
+    check_refuses(mlx_engine, index, later=True)
 
 
 @pytest.fixture(scope="module")
@@ -88,4 +87,4 @@ def test_gguf_engine_solves_fixed_heldout_problems(gguf_engine, index):
 
 @pytest.mark.parametrize("index", REFUSAL_LATER)
 def test_gguf_engine_refuses_out_of_scope_mid_conversation(gguf_engine, index):
-    check_refuses_mid_conversation(gguf_engine, index)
+    check_refuses(gguf_engine, index, later=True)

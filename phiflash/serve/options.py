@@ -203,10 +203,6 @@ def _max_tokens(body: dict, room: Classroom) -> int:
 
 def _cap_thinking_budget(params: GenerationParams, room: Classroom) -> None:
     """With ``--thinking-budget-cap``: no budget (0) gets the cap, a larger one is refused."""
-    try:  # a budget the request chose must leave room for the answer
-        params.check_budget_room({"thinking_budget": "thinking_budget", "max_tokens": "max_tokens"})
-    except InvalidParamsError as e:
-        raise RequestError(400, str(e), "invalid_value") from None
     cap = room.thinking_budget_cap
     if cap is None:
         return
@@ -308,8 +304,10 @@ def validate(body, room: Classroom, chat: bool) -> tuple[dict, GenerationParams]
         value = _number(body, name, kind, lo, hi, lo_open)
         if value is not None:
             setattr(params, name, value)
-    try:  # the project's one range rule on top of the server's own bounds (catches NaN too)
-        params.validate({name: name for name in ("top_p", "min_p", "top_k", "max_tokens")})
+    names = {name: name for name in ("top_p", "min_p", "top_k", "max_tokens", "thinking_budget")}
+    try:  # the project's rules on top of the server's own bounds (catches NaN too); a budget
+        # the request chose must leave room for the answer (the cap's default is not checked)
+        params.validate(names).check_budget_room(names)
     except InvalidParamsError as e:
         raise RequestError(400, str(e), "invalid_value") from None
     _cap_thinking_budget(params, room)
