@@ -98,6 +98,16 @@ def quantize(model, bits: int, recipe: str | None = None):
     mx.eval(model.parameters())
 
 
+def prepare(model, quant: str) -> None:
+    """bf16 weights (the fp32 ones kept), quantized as ``quant`` says, in eval mode."""
+    to_bf16(model)
+    if quant in ("8bit", "4bit"):
+        quantize(model, int(quant[0]))
+    elif quant == "mixed":
+        quantize(model, 4, recipe="sambay_mixed_4_8")
+    model.eval()
+
+
 def nbytes(model) -> int:
     return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
 
@@ -226,14 +236,7 @@ def bench_model(name, build, quant, args, vocab, bw, compiled: bool = True):
     model = build(args.quick)
     if not compiled:
         model.set_compiled_decode(False)
-    to_bf16(model)
-    if quant == "8bit":
-        quantize(model, 8)
-    elif quant == "4bit":
-        quantize(model, 4)
-    elif quant == "mixed":
-        quantize(model, 4, recipe="sambay_mixed_4_8")
-    model.eval()
+    prepare(model, quant)
     gc.collect()
     mx.clear_cache()
     mx.reset_peak_memory()  # peak of running the model, not of building random weights

@@ -22,7 +22,7 @@ import sys
 
 import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
-from bench_mlx import decode_tps, ours_model, phi3_model, quantize, to_bf16
+from bench_mlx import decode_tps, ours_model, phi3_model, prepare
 from mlx_lm.models import phi3
 
 LEAVE_OUT = ("mamba", "swa", "gmu", "cross")
@@ -38,21 +38,16 @@ class Skipped:
     def __getattr__(self, name):
         return getattr(self._layer, name)
 
-    def __call__(self, h, *args, **kwargs):
+    def __call__(self, h, *args):  # as each model calls its layers: positional arguments
         if isinstance(self._layer, phi3.TransformerBlock):
-            return h
-        memory, shared_kv, hn = (list(args) + [None] * 4)[1:4]
-        memory = kwargs.get("memory", memory)
-        shared_kv = kwargs.get("shared_kv", shared_kv)
-        return h, memory, shared_kv, kwargs.get("hn", hn)
+            return h  # phi3: layer(h, mask, cache)
+        _, memory, shared_kv, hn, _ = args  # SambaY: layer(h, cache, memory, shared_kv, hn, mask)
+        return h, memory, shared_kv, hn
 
 
 def build(name: str, quant: str, quick: bool):
     model = (ours_model if name == "sambay" else phi3_model)(quick)
-    to_bf16(model)
-    if quant in ("4bit", "8bit"):
-        quantize(model, int(quant[0]))
-    model.eval()
+    prepare(model, quant)
     return model
 
 
