@@ -243,22 +243,42 @@ def _template_regex(t: str) -> re.Pattern:
     return re.compile(out + re.escape(t[pos:]) + r"[?.]?$", re.I)
 
 
+# Every (train templates, held-out templates) pool of a math question.
+MATH_POOLS = [
+    D.EXPR_TEMPLATES,
+    D.FRAC_TEMPLATES,
+    D.FRAC_OF_TEMPLATES,
+    D.LINEAR_TEMPLATES,
+    D.PCT_OF_TEMPLATES,
+    D.PCT_WHAT_TEMPLATES,
+    D.PCT_CHANGE_TEMPLATES,
+    D.PCT_SIGNED_TEMPLATES,
+    D.DISCOUNT_TEMPLATES,
+    *D.WORD_OP_TEMPLATES.values(),
+    *D.WORD_TEMPLATES.values(),
+    *D.FOLLOWUP_TEMPLATES.values(),
+]
+
+
+def _words(template: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", re.sub(r"\{[^}]*\}", " ", template).lower()))
+
+
+def test_heldout_math_words_are_taught():
+    """A held-out math template is a new sentence, never new words: the model has no
+    pre-training, so a word it never saw ("lots", "rope", "marked down") cannot mean anything
+    to it. Every word of a held-out math template is in some training template (a refusal's
+    "tell me" included)."""
+    taught = set().union(*(_words(t) for pool in MATH_POOLS for t in pool[0]))
+    taught |= set().union(*(_words(t) for _, t in D.VAR_FOLLOWUPS[0]))
+    taught |= set().union(*(_words(t) for t in D.REFUSAL_TEMPLATES[0]))  # "tell me about …"
+    heldout = [t for pool in MATH_POOLS for t in pool[1]] + [t for _, t in D.VAR_FOLLOWUPS[1]]
+    missing = {t: sorted(_words(t) - taught) for t in heldout if _words(t) - taught}
+    assert not missing, missing
+
+
 def test_heldout_phrasings_never_trained_on():
-    pools = [
-        D.EXPR_TEMPLATES,
-        D.FRAC_TEMPLATES,
-        D.FRAC_OF_TEMPLATES,
-        D.LINEAR_TEMPLATES,
-        D.PCT_OF_TEMPLATES,
-        D.PCT_WHAT_TEMPLATES,
-        D.PCT_CHANGE_TEMPLATES,
-        D.PCT_SIGNED_TEMPLATES,
-        D.DISCOUNT_TEMPLATES,
-        D.REFUSAL_TEMPLATES,
-        *D.WORD_OP_TEMPLATES.values(),
-        *D.WORD_TEMPLATES.values(),
-        *D.FOLLOWUP_TEMPLATES.values(),
-    ]
+    pools = [*MATH_POOLS, D.REFUSAL_TEMPLATES]
     heldout = [_template_regex(t) for pool in pools for t in pool[1]]
     heldout += [_template_regex(t) for _, t in D.VAR_FOLLOWUPS[1]]
     assert len(heldout) >= 40

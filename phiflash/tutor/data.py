@@ -254,8 +254,10 @@ def multiples_line(b: int) -> str:
 
 
 def div_steps(a: int, b: int) -> tuple[list[str], int]:
-    """a ÷ b for b >= 1 dividing a >= 0 exactly: the multiples of b, then long division from
-    the left with each digit read off them."""
+    """a ÷ b for b >= 1 dividing a >= 0 exactly: the multiples of b, then the comparison with
+    ``b × 10`` that decides the path (a one-digit quotient read off the multiples, or long
+    division from the left with each digit read off them), written out so the model copies the
+    choice instead of guessing it."""
     q = a // b
     assert q * b == a
     if b == 1:
@@ -263,10 +265,18 @@ def div_steps(a: int, b: int) -> tuple[list[str], int]:
     if a == 0:
         return [f"0 divided by anything is 0: 0 ÷ {b} = 0."], 0
     table = multiples_line(b)
+    ten = f"{b} × 10 = {b * 10}"
     if a < 10 * b:
-        return [f"The multiples of {b}: {table}", f"{a} is {b} × {q}, so {a} ÷ {b} = {q}."], q
+        return [
+            f"The multiples of {b}: {table}",
+            f"{a} is less than {ten}, so the answer is one digit.",
+            f"{a} is {b} × {q}, so {a} ÷ {b} = {q}.",
+        ], q
     digits = str(a)
-    lines = [f"The multiples of {b}: {table}", f"Divide {a} by {b} from the left."]
+    lines = [
+        f"The multiples of {b}: {table}",
+        f"{a} is at least {ten}, so divide {a} by {b} from the left.",
+    ]
     cur, i = 0, 0
     while i < len(digits) and cur * 10 + int(digits[i]) < b:
         cur = cur * 10 + int(digits[i])
@@ -336,6 +346,9 @@ EXPR_TEMPLATES = (
         "can you do {e}",
         "Solve {e}",
         "{e} =",
+        "hey can you work out {e}",
+        "quick question, what is {e}?",
+        "I need to work out {e}.",
     ),
     (
         "Tell me {e}.",
@@ -511,6 +524,7 @@ FRAC_TEMPLATES = (
         "{e}",
         "Work out {e}.",
         "How much is {e}?",
+        "Give me {e} as a fraction.",
     ),
     ("Tell me {e} as a fraction.", "hey what is {e}", "Can you do {e} for me?"),
 )
@@ -753,6 +767,7 @@ PCT_CHANGE_TEMPLATES = (
         "The score {verb} from {y} to {z}. What is the percent {word}?",
         "By what percent does {y} {word} to get {z}?",
         "{y} to {z} is what percent {word}?",
+        "Going from {y} to {z}, what is the percent {word}?",
     ),
     (
         "A price {verb} from ${y} to ${z}. What is the percent {word}?",
@@ -860,6 +875,9 @@ WORD_TEMPLATES = {
             "{n} walked {a} km on Monday and {b} km on Tuesday. How far did {n} walk in total?",
             "There are {a} {i} in one box and {b} in another. How many {i} are there altogether?",
             "{n} saved ${a} in May and ${b} in June. how much did {n} save in total",
+            "A book has {a} pages in part one and {b} pages in part two. How many pages in all?",
+            "{n} ran {a} m yesterday and {b} m today. How far did {n} run altogether?",
+            "{n} read {a} books last year and {b} this year. How many books did {n} read?",
         ),
         ("{n} read {a} pages yesterday and {b} pages today. How many pages is that in all?",),
     ),
@@ -870,6 +888,8 @@ WORD_TEMPLATES = {
             "A tank holds {a} liters. {b} liters are used. How many liters remain?",
             "{n} had {a} {i} and lost {b}. how many are left",
             "A shop had {a} {i} and sold {b}. How many {i} does it have now?",
+            "{n} cuts {b} cm off a ribbon {a} cm long. How much ribbon is left?",
+            "{n} has a rope {a} m long and uses {b} m of it. How much rope is left?",
         ),
         ("A rope is {a} cm long. {n} cuts off {b} cm. How long is the rope now?",),
     ),
@@ -880,6 +900,8 @@ WORD_TEMPLATES = {
             "{n} buys {a} packs of {i} with {b} in each pack. How many {i} is that?",
             "A car drives {b} km every hour. How far does it go in {a} hours?",
             "There are {a} rows of {b} chairs. how many chairs are there",
+            "A worker earns ${b} for each shift. What does the worker earn for {a} shifts?",
+            "{n} buys {a} lots of {b} {i}. How many {i} is that?",
         ),
         ("{n} earns ${b} an hour. How much does {n} earn in {a} hours?",),
     ),
@@ -890,6 +912,10 @@ WORD_TEMPLATES = {
             "{a} students get into teams of {b}. How many teams are there?",
             "A ribbon {a} cm long is cut into {b} equal pieces. How long is each piece?",
             "{n} has {a} {i} and puts them into bags of {b}. how many bags",
+            "A {a} m path is split into {b} equal parts. How long is each part?",
+            "{n} spends {a} minutes driving over {b} days, the same each day. How many minutes is "
+            "that per day?",
+            "A school trip costs ${a} for {b} students, shared equally. How much does each pay?",
         ),
         ("A {a} km trip is split into {b} equal days of driving. How far is each day?",),
     ),
@@ -899,6 +925,8 @@ DISCOUNT_TEMPLATES = (
         "A jacket costs ${y} and is {p}% off. What is the sale price?",
         "A ${y} game is on sale for {p}% off. How much does it cost now?",
         "{n} buys a ${y} bike with a {p}% discount. How much does {n} pay?",
+        "A shop has marked a ${y} coat down by {p}%. How much is it now?",
+        "After a {p}% discount, what does a ${y} lamp cost?",
     ),
     ("A ${y} lamp is marked down by {p}%. What does it cost after the discount?",),
 )
