@@ -348,6 +348,150 @@ def ssm_scan_cuda(u, dt, A, B, C, D, state):
     return y, state
 
 
+# Training on MLX's CUDA backend: the scan with its gradient as two kernels (mx.custom_function),
+# where autodiff through the chunked scan spends about four fifths of a training step. The
+# forward kernel is the prompt kernel without D that also keeps every state [b, T, d, n]; the
+# backward kernel walks time in reverse, one thread per (sequence, channel, state), with
+#   gs_t = gy_t C_t + exp(dt_{t+1} A) gs_{t+1}   (the gradient reaching s_t)
+#   gC_t += gy_t s_t,  gB_t += gs_t dt_t u_t,  g(a_t) = gs_t s_{t-1}  with a_t = exp(dt_t A),
+#   gdt_t = sum_n g(a_t) a_t A + gs_t B_t u_t,  gu_t = sum_n gs_t B_t dt_t,  gA += g(a_t) a_t dt_t,
+# reducing over states with shuffles and over channels (gB, gC) and sequences (gA) after.
+_CUDA_SCAN_PRELUDE = """
+    int gid = blockIdx.x * blockDim.x + threadIdx.x;
+    int nb = dims[0], T = dims[1];
+    int n = gid % NS;
+    int ch = gid / NS;
+    bool active = ch < nb * DI;
+    if (!active) ch = 0;
+    int b = ch / DI, d = ch % DI;
+    size_t bdn = ((size_t)b * DI + d) * NS + n;
+    float a = A[(size_t)d * NS + n];
+"""
+_CUDA_SCAN_TRAIN_FWD = (
+    _CUDA_SCAN_PRELUDE
+    + """
+    float s = state[bdn];
+    for (int t = 0; t < T; ++t) {
+        size_t o = ((size_t)b * T + t) * DI + d;
+        size_t on = ((size_t)b * T + t) * NS + n;
+        float dtv = dt[o];
+        s = expf(dtv * a) * s + dtv * u[o] * Bm[on];
+        if (active) states[o * NS + n] = s;
+        float p = s * Cm[on];
+        for (int off = NS / 2; off > 0; off >>= 1) p += __shfl_xor_sync(0xffffffffu, p, off);
+        if (active && n == 0) y[o] = p;
+    }
+    if (active) state_out[bdn] = s;
+"""
+)
+_CUDA_SCAN_TRAIN_BWD = (
+    _CUDA_SCAN_PRELUDE
+    + """
+    float gs = gstate_out[bdn];
+    float ga_sum = 0.0f;
+    for (int t = T - 1; t >= 0; --t) {
+        size_t o = ((size_t)b * T + t) * DI + d;
+        size_t on = ((size_t)b * T + t) * NS + n;
+        float dtv = dt[o], uv = u[o], gyv = gy[o], bv = Bm[on];
+        float s_t = states[o * NS + n];
+        float s_prev = t > 0 ? states[(o - DI) * NS + n] : state[bdn];
+        float at = expf(dtv * a);
+        gs += gyv * Cm[on];
+        float ga = gs * s_prev;
+        float gdt = ga * at * a + gs * bv * uv;
+        float gu = gs * bv * dtv;
+        ga_sum += ga * at * dtv;
+        if (active) {
+            gC_full[o * NS + n] = gyv * s_t;
+            gB_full[o * NS + n] = gs * dtv * uv;
+        }
+        for (int off = NS / 2; off > 0; off >>= 1) {
+            gdt += __shfl_xor_sync(0xffffffffu, gdt, off);
+            gu += __shfl_xor_sync(0xffffffffu, gu, off);
+        }
+        if (active && n == 0) {
+            gdt_out[o] = gdt;
+            gu_out[o] = gu;
+        }
+        gs *= at;
+    }
+    if (active) {
+        gstate_in[bdn] = gs;
+        gA_part[bdn] = ga_sum;
+    }
+"""
+)
+_cuda_train_kernels: dict = {}
+
+
+def _cuda_train_kernel(which: str):
+    if which not in _cuda_train_kernels:
+        io = {
+            "fwd": (
+                ["u", "dt", "A", "Bm", "Cm", "state", "dims"],
+                ["y", "state_out", "states"],
+                _CUDA_SCAN_TRAIN_FWD,
+            ),
+            "bwd": (
+                ["u", "dt", "A", "Bm", "Cm", "state", "states", "gy", "gstate_out", "dims"],
+                ["gu_out", "gdt_out", "gB_full", "gC_full", "gA_part", "gstate_in"],
+                _CUDA_SCAN_TRAIN_BWD,
+            ),
+        }[which]
+        _cuda_train_kernels[which] = mx.fast.cuda_kernel(
+            name=f"sambay_scan_train_{which}",
+            input_names=io[0],
+            output_names=io[1],
+            source=io[2],
+        )
+    return _cuda_train_kernels[which]
+
+
+def _launch(kernel, inputs, b, d, n, shapes):
+    return kernel(
+        inputs=inputs,
+        template=[("DI", d), ("NS", n)],
+        grid=(((b * d * n + 127) // 128) * 128, 1, 1),
+        threadgroup=(128, 1, 1),
+        output_shapes=shapes,
+        output_dtypes=[mx.float32] * len(shapes),
+    )
+
+
+@mx.custom_function
+def _scan_train(u, dt, A, B, C, state):
+    """y_t = s_t . C_t (no D term) and the last state; the third output keeps every state
+    for the backward kernel."""
+    b, T, d = u.shape
+    n = A.shape[1]
+    dims = mx.array([b, T], dtype=mx.int32)
+    shapes = [(b, T, d), (b, d, n), (b, T, d, n)]
+    return tuple(_launch(_cuda_train_kernel("fwd"), [u, dt, A, B, C, state, dims], b, d, n, shapes))
+
+
+@_scan_train.vjp
+def _scan_train_vjp(primals, cotangents, outputs):
+    u, dt, A, B, C, state = primals
+    b, T, d = u.shape
+    n = A.shape[1]
+    gy, gsf = cotangents[0], cotangents[1]
+    gy = mx.zeros_like(u) if gy is None else gy.astype(mx.float32)
+    gsf = mx.zeros_like(state) if gsf is None else gsf.astype(mx.float32)
+    dims = mx.array([b, T], dtype=mx.int32)
+    shapes = [(b, T, d), (b, T, d), (b, T, d, n), (b, T, d, n), (b, d, n), (b, d, n)]
+    inputs = [u, dt, A, B, C, state, outputs[2], gy, gsf, dims]
+    gu, gdt, gB, gC, gA, gs0 = _launch(_cuda_train_kernel("bwd"), inputs, b, d, n, shapes)
+    return gu, gdt, gA.sum(axis=0), gB.sum(axis=2), gC.sum(axis=2), gs0
+
+
+def ssm_scan_cuda_train(u, dt, A, B, C, D, state):
+    """Training path on MLX's CUDA backend: the scan kernels with their gradient."""
+    f32 = mx.float32
+    args = [x.astype(f32) for x in (u, dt, A, B, C, state)]
+    y, state, _ = _scan_train(*args)
+    return y + D.astype(f32) * args[0], state
+
+
 # ---------------------------------------------------------------------------------------------
 # Metal selective-scan kernel: the CUDA kernel's shape for Apple GPUs. One thread per
 # (sequence, channel, state); a channel's NS lanes sit in one SIMD group (NS divides 32) and
@@ -432,10 +576,12 @@ def selective_scan(u, dt, A, B, C, D, state, training: bool = False):
         return y[:, None], state
     n = A.shape[1]
     fits = n <= 32 and n & (n - 1) == 0
-    backend = _gpu_backend() if fits and not training else None
+    backend = _gpu_backend() if fits else None
+    if backend == "cuda" and training:
+        return ssm_scan_cuda_train(u, dt, A, B, C, D, state)
     if backend == "cuda":
         return ssm_scan_cuda(u, dt, A, B, C, D, state)
-    if backend == "metal" and metal_scan_ready(u, dt, A, B, C, D, state):
+    if backend == "metal" and not training and metal_scan_ready(u, dt, A, B, C, D, state):
         return ssm_scan_metal(u, dt, A, B, C, D, state)
     if not training and mx.default_device() == mx.cpu:
         return ssm_scan_numpy(u, dt, A, B, C, D, state)

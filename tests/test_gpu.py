@@ -91,3 +91,67 @@ def test_cuda_scan_kernel_matches_the_chunked_scan(T, d, n):
     yc, sc = model_mod.ssm_scan_chunked(u, dt, A, B, C, D, s0)
     assert rel_err(np.array(yk), np.array(yc, np.float64)) <= 1e-4
     assert rel_err(np.array(sk), np.array(sc, np.float64)) <= 1e-4
+
+
+@pytest.mark.parametrize("T, d, n", [(1, 32, 16), (37, 64, 16), (300, 96, 8), (1024, 512, 16)])
+def test_training_scan_kernels_match_the_chunked_scans_gradient(T, d, n):
+    """The training scan (forward and backward kernels) gives the outputs and the gradient of
+    every input that autodiff through the portable chunked scan gives."""
+    mx.random.seed(T + d + n)
+    u = mx.random.normal((2, T, d))
+    dt = mx.random.uniform(0.0, 0.1, (2, T, d))
+    A = -mx.exp(mx.random.normal((d, n)))
+    B, C = mx.random.normal((2, T, n)), mx.random.normal((2, T, n))
+    D = mx.random.normal((d,))
+    s0 = mx.random.normal((2, d, n)) * 0.1
+    wy, ws = mx.random.normal((2, T, d)), mx.random.normal((2, d, n))
+
+    def loss(scan):
+        def f(u, dt, A, B, C, D, s0):
+            y, s = scan(u, dt, A, B, C, D, s0)
+            return (y * wy).sum() + (s * ws).sum(), (y, s)
+
+        return mx.value_and_grad(f, argnums=tuple(range(7)))
+
+    (lk, (yk, sk)), gk = loss(model_mod.ssm_scan_cuda_train)(u, dt, A, B, C, D, s0)
+    (lc, (yc, sc)), gc = loss(model_mod.ssm_scan_chunked)(u, dt, A, B, C, D, s0)
+    assert rel_err(np.array(yk), np.array(yc, np.float64)) <= 1e-4
+    assert rel_err(np.array(sk), np.array(sc, np.float64)) <= 1e-4
+    for name, a, b in zip(("u", "dt", "A", "B", "C", "D", "state"), gk, gc):
+        assert rel_err(np.array(a), np.array(b, np.float64)) <= 1e-3, name
+
+
+def test_training_step_takes_the_scan_kernels():
+    """A training forward pass on the GPU scans with the training kernels, and its loss and
+    gradient match the chunked scan's."""
+    import mlx.nn as nn
+
+    from phiflash_mlx import train as T
+
+    model = T.init_model(T.model_args(T.TrainConfig().model), 0, mx.float32)
+    model.train()
+    x = mx.random.randint(0, 600, (4, 96))
+    m = mx.ones(x.shape)
+    grad = nn.value_and_grad(model, T.loss_fn)
+    calls = []
+    kernel = model_mod.ssm_scan_cuda_train
+
+    def counted(*args):
+        calls.append(1)
+        return kernel(*args)
+
+    model_mod.ssm_scan_cuda_train = counted
+    try:
+        lk, gk = grad(model, x, x, m)
+        mx.eval(lk, gk)
+        assert calls, "training did not take the scan kernels"
+        model_mod.ssm_scan_cuda_train = lambda *a: model_mod.ssm_scan_chunked(*a)
+        lc, gc = grad(model, x, x, m)
+    finally:
+        model_mod.ssm_scan_cuda_train = kernel
+    from mlx.utils import tree_flatten
+
+    assert abs(lk.item() - lc.item()) <= 1e-4 * abs(lc.item())
+    flat_c = dict(tree_flatten(gc))
+    for k, v in tree_flatten(gk):
+        assert rel_err(np.array(v), np.array(flat_c[k], np.float64)) <= 2e-3, k

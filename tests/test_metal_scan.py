@@ -239,3 +239,22 @@ def test_generate_verbose_prints_the_metal_fallback(monkeypatch):
     assert engine.backend_note.startswith("CPU BLAS:")
     monkeypatch.setitem(model_mod._metal, "note", "Metal selective-scan kernel off (test)")
     assert engine.backend_note.splitlines()[-1] == "Metal selective-scan kernel off (test)"
+
+
+@pytest.mark.parametrize(
+    "backend, training, expected",
+    [
+        ("cuda", False, "ssm_scan_cuda"),
+        ("cuda", True, "ssm_scan_cuda_train"),
+        ("metal", True, "ssm_scan_chunked"),  # the Metal kernel has no gradient
+    ],
+)
+def test_scan_selection_by_backend_and_training(monkeypatch, backend, training, expected):
+    """Prompts on CUDA take the prompt kernel, training steps the kernels with a gradient;
+    training on Metal keeps the differentiable portable scan (and never self-checks)."""
+    calls = []
+    for name in ("ssm_scan_cuda", "ssm_scan_cuda_train", "ssm_scan_chunked", "metal_scan_ready"):
+        monkeypatch.setattr(model_mod, name, lambda *a, _n=name: calls.append(_n) or (None, None))
+    monkeypatch.setattr(model_mod, "_gpu_backend", lambda: backend)
+    model_mod.selective_scan(*scan_inputs(), training=training)
+    assert calls == [expected]
