@@ -13,7 +13,8 @@
 # Speed paths: one-token decode steps run as compiled functions per layer (the uncompiled path
 # stays: Model.set_compiled_decode(False), and padded Mamba steps use it); prompts scan with a
 # CUDA kernel, a self-checking Metal kernel (untested on Apple hardware), numpy on the CPU, or
-# the portable chunked scan; sliding-window prompts attend in bands.
+# the portable chunked scan; training on CUDA scans through a forward/backward kernel pair;
+# sliding-window prompts attend in bands.
 
 import logging
 import math
@@ -320,20 +321,26 @@ _SCAN_KERNEL_IO = dict(
 _cuda_scan_kernel = None
 
 
+def _launch(kernel, inputs, b: int, d: int, n: int, shapes):
+    """Launch a scan kernel with one thread per (sequence, channel, state); float32 outputs."""
+    return kernel(
+        inputs=inputs,
+        template=[("DI", d), ("NS", n)],
+        grid=(((b * d * n + 127) // 128) * 128, 1, 1),
+        threadgroup=(128, 1, 1),
+        output_shapes=shapes,
+        output_dtypes=[mx.float32] * len(shapes),
+    )
+
+
 def _run_scan_kernel(kernel, u, dt, A, B, C, D, state):
     """Launch either backend's kernel (``_SCAN_KERNEL_IO``) over [b, T, d] inputs."""
     b, T, d = u.shape
     n = A.shape[1]
     dims = mx.array([b, T], dtype=mx.int32)
     f32 = mx.float32
-    return kernel(
-        inputs=[u, dt, A, B.astype(f32), C.astype(f32), D.astype(f32), state, dims],
-        template=[("DI", d), ("NS", n)],
-        grid=(((b * d * n + 127) // 128) * 128, 1, 1),
-        threadgroup=(128, 1, 1),
-        output_shapes=[(b, T, d), (b, d, n)],
-        output_dtypes=[f32, f32],
-    )
+    inputs = [u, dt, A, B.astype(f32), C.astype(f32), D.astype(f32), state, dims]
+    return _launch(kernel, inputs, b, d, n, [(b, T, d), (b, d, n)])
 
 
 def ssm_scan_cuda(u, dt, A, B, C, D, state):
@@ -421,41 +428,32 @@ _CUDA_SCAN_TRAIN_BWD = (
     }
 """
 )
+# which -> (input names, output names, source); built on first use
+_CUDA_TRAIN_SPECS = {
+    "fwd": (
+        ["u", "dt", "A", "Bm", "Cm", "state", "dims"],
+        ["y", "state_out", "states"],
+        _CUDA_SCAN_TRAIN_FWD,
+    ),
+    "bwd": (
+        ["u", "dt", "A", "Bm", "Cm", "state", "states", "gy", "gstate_out", "dims"],
+        ["gu_out", "gdt_out", "gB_full", "gC_full", "gA_part", "gstate_in"],
+        _CUDA_SCAN_TRAIN_BWD,
+    ),
+}
 _cuda_train_kernels: dict = {}
 
 
 def _cuda_train_kernel(which: str):
     if which not in _cuda_train_kernels:
-        io = {
-            "fwd": (
-                ["u", "dt", "A", "Bm", "Cm", "state", "dims"],
-                ["y", "state_out", "states"],
-                _CUDA_SCAN_TRAIN_FWD,
-            ),
-            "bwd": (
-                ["u", "dt", "A", "Bm", "Cm", "state", "states", "gy", "gstate_out", "dims"],
-                ["gu_out", "gdt_out", "gB_full", "gC_full", "gA_part", "gstate_in"],
-                _CUDA_SCAN_TRAIN_BWD,
-            ),
-        }[which]
+        inputs, outputs, source = _CUDA_TRAIN_SPECS[which]
         _cuda_train_kernels[which] = mx.fast.cuda_kernel(
             name=f"sambay_scan_train_{which}",
-            input_names=io[0],
-            output_names=io[1],
-            source=io[2],
+            input_names=inputs,
+            output_names=outputs,
+            source=source,
         )
     return _cuda_train_kernels[which]
-
-
-def _launch(kernel, inputs, b, d, n, shapes):
-    return kernel(
-        inputs=inputs,
-        template=[("DI", d), ("NS", n)],
-        grid=(((b * d * n + 127) // 128) * 128, 1, 1),
-        threadgroup=(128, 1, 1),
-        output_shapes=shapes,
-        output_dtypes=[mx.float32] * len(shapes),
-    )
 
 
 @mx.custom_function
