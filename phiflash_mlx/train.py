@@ -604,8 +604,9 @@ def train(cfg: TrainConfig) -> dict:
     grad_fn = nn.value_and_grad(model, loss_fn)
 
     def step_fn(x, y, m):
-        # Micro-batches of at most micro_tokens tokens (the chunked scan's activations are
-        # large), gradients summed with weights that make them the gradient of the mean loss.
+        # Micro-batches of at most micro_tokens tokens (the scan's activations are large: the
+        # CUDA training kernels keep micro_tokens x d_inner x d_state float32 states per Mamba
+        # layer), gradients summed with weights that make them the gradient of the mean loss.
         rows = max(1, cfg.micro_tokens // x.shape[1])
         total = mx.maximum(m.sum(), 1.0)
         loss, grads = 0.0, None
@@ -762,7 +763,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=d.steps)
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--micro-tokens", type=int, default=d.micro_tokens)
+    ap.add_argument(
+        "--micro-tokens",
+        type=int,
+        default=d.micro_tokens,
+        help="tokens per forward/backward; a step's rows are split to fit (memory)",
+    )
     ap.add_argument("--warmup", type=int, default=d.warmup)
     ap.add_argument("--weight-decay", type=float, default=d.weight_decay)
     ap.add_argument("--clip", type=float, default=d.clip)
