@@ -10,21 +10,14 @@ through the portable chunked scan instead.
 from __future__ import annotations
 
 import argparse
-import time
 
+import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
 import mlx.nn as nn
+from _common import mlx_timed
 
 from phiflash_mlx import model as M
 from phiflash_mlx import train as T
-
-
-def _time(fn, n: int) -> float:
-    fn()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t) / n
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,19 +38,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device {mx.default_device()}, batch {a.batch} x {a.length} tokens", flush=True)
 
     def row(name: str, fn) -> None:
-        s = _time(fn, a.repeat)
+        s = mlx_timed(fn, a.repeat)
         print(f"{name:44s} {s * 1e3:9.1f} ms  {tokens / s:10.0f} tok/s", flush=True)
 
     def step():
-        mx.eval(grad(model, x, x, m))
+        return grad(model, x, x, m)
 
-    row("forward", lambda: mx.eval(T.loss_fn(model, x, x, m)))
+    row("forward", lambda: T.loss_fn(model, x, x, m))
     row("forward + backward", step)
     scan = M.selective_scan
     if a.chunked:
-        M.selective_scan = lambda u, dt, A, B, C, D, state, training=False: M.ssm_scan_chunked(
-            u, dt, A, B, C, D, state
-        )
+        M.selective_scan = lambda *args, training=False: M.ssm_scan_chunked(*args)
         row("forward + backward, chunked scan", step)
     M.selective_scan = lambda u, dt, A, B, C, D, state, training=False: (
         u * dt + B.sum(-1, keepdims=True) * C.sum(-1, keepdims=True),
@@ -71,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     M.DiffAttention.attend = attend
     if not a.no_compile:
         compiled = mx.compile(lambda x, m: grad(model, x, x, m))
-        row("forward + backward, mx.compile", lambda: mx.eval(compiled(x, m)))
+        row("forward + backward, mx.compile", lambda: compiled(x, m))
 
 
 if __name__ == "__main__":

@@ -318,13 +318,14 @@ _SCAN_KERNEL_IO = dict(
     input_names=["u", "dt", "A", "Bm", "Cm", "D", "state", "dims"],
     output_names=["y", "state_out"],
 )
-_cuda_scan_kernel = None
 
 
-def _launch(kernel, inputs, b: int, d: int, n: int, shapes):
-    """Launch a scan kernel with one thread per (sequence, channel, state); float32 outputs."""
+def _launch(kernel, inputs, shape, n: int, shapes):
+    """Launch a scan kernel over [b, T, d] inputs (``shape``), ``dims`` = [b, T] appended as
+    the last input, one thread per (sequence, channel, state); float32 outputs."""
+    b, T, d = shape
     return kernel(
-        inputs=inputs,
+        inputs=[*inputs, mx.array([b, T], dtype=mx.int32)],
         template=[("DI", d), ("NS", n)],
         grid=(((b * d * n + 127) // 128) * 128, 1, 1),
         threadgroup=(128, 1, 1),
@@ -337,21 +338,15 @@ def _run_scan_kernel(kernel, u, dt, A, B, C, D, state):
     """Launch either backend's kernel (``_SCAN_KERNEL_IO``) over [b, T, d] inputs."""
     b, T, d = u.shape
     n = A.shape[1]
-    dims = mx.array([b, T], dtype=mx.int32)
     f32 = mx.float32
-    inputs = [u, dt, A, B.astype(f32), C.astype(f32), D.astype(f32), state, dims]
-    return _launch(kernel, inputs, b, d, n, [(b, T, d), (b, d, n)])
+    inputs = [u, dt, A, B.astype(f32), C.astype(f32), D.astype(f32), state]
+    return _launch(kernel, inputs, u.shape, n, [(b, T, d), (b, d, n)])
 
 
 def ssm_scan_cuda(u, dt, A, B, C, D, state):
     """Prompt path on MLX's CUDA backend: one thread per channel and state, sequential in
     time."""
-    global _cuda_scan_kernel
-    if _cuda_scan_kernel is None:
-        _cuda_scan_kernel = mx.fast.cuda_kernel(
-            name="sambay_selective_scan", source=_CUDA_SCAN_SRC, **_SCAN_KERNEL_IO
-        )
-    y, state = _run_scan_kernel(_cuda_scan_kernel, u, dt, A, B, C, D, state)
+    y, state = _run_scan_kernel(_cuda_kernel("prompt"), u, dt, A, B, C, D, state)
     return y, state
 
 
@@ -428,32 +423,34 @@ _CUDA_SCAN_TRAIN_BWD = (
     }
 """
 )
-# which -> (input names, output names, source); built on first use
-_CUDA_TRAIN_SPECS = {
-    "fwd": (
+# which -> (name, input names, output names, source) of the CUDA scan kernels
+_CUDA_KERNELS = {
+    "prompt": ("sambay_selective_scan", *_SCAN_KERNEL_IO.values(), _CUDA_SCAN_SRC),
+    "train_fwd": (
+        "sambay_scan_train_fwd",
         ["u", "dt", "A", "Bm", "Cm", "state", "dims"],
         ["y", "state_out", "states"],
         _CUDA_SCAN_TRAIN_FWD,
     ),
-    "bwd": (
+    "train_bwd": (
+        "sambay_scan_train_bwd",
         ["u", "dt", "A", "Bm", "Cm", "state", "states", "gy", "gstate_out", "dims"],
         ["gu_out", "gdt_out", "gB_full", "gC_full", "gA_part", "gstate_in"],
         _CUDA_SCAN_TRAIN_BWD,
     ),
 }
-_cuda_train_kernels: dict = {}
 
 
-def _cuda_train_kernel(which: str):
-    if which not in _cuda_train_kernels:
-        inputs, outputs, source = _CUDA_TRAIN_SPECS[which]
-        _cuda_train_kernels[which] = mx.fast.cuda_kernel(
-            name=f"sambay_scan_train_{which}",
-            input_names=inputs,
-            output_names=outputs,
-            source=source,
-        )
-    return _cuda_train_kernels[which]
+@cache
+def _cuda_kernel(which: str):
+    """One of ``_CUDA_KERNELS``, built on first use."""
+    name, inputs, outputs, source = _CUDA_KERNELS[which]
+    return mx.fast.cuda_kernel(
+        name=name,
+        input_names=inputs,
+        output_names=outputs,
+        source=source,
+    )
 
 
 @mx.custom_function
@@ -462,9 +459,8 @@ def _scan_train(u, dt, A, B, C, state):
     for the backward kernel."""
     b, T, d = u.shape
     n = A.shape[1]
-    dims = mx.array([b, T], dtype=mx.int32)
     shapes = [(b, T, d), (b, d, n), (b, T, d, n)]
-    return tuple(_launch(_cuda_train_kernel("fwd"), [u, dt, A, B, C, state, dims], b, d, n, shapes))
+    return tuple(_launch(_cuda_kernel("train_fwd"), [u, dt, A, B, C, state], u.shape, n, shapes))
 
 
 @_scan_train.vjp
@@ -472,13 +468,10 @@ def _scan_train_vjp(primals, cotangents, outputs):
     u, dt, A, B, C, state = primals
     b, T, d = u.shape
     n = A.shape[1]
-    gy, gsf = cotangents[0], cotangents[1]
-    gy = mx.zeros_like(u) if gy is None else gy.astype(mx.float32)
-    gsf = mx.zeros_like(state) if gsf is None else gsf.astype(mx.float32)
-    dims = mx.array([b, T], dtype=mx.int32)
+    gy, gsf = cotangents[:2]  # float32, zeros for an output the loss does not use
     shapes = [(b, T, d), (b, T, d), (b, T, d, n), (b, T, d, n), (b, d, n), (b, d, n)]
-    inputs = [u, dt, A, B, C, state, outputs[2], gy, gsf, dims]
-    gu, gdt, gB, gC, gA, gs0 = _launch(_cuda_train_kernel("bwd"), inputs, b, d, n, shapes)
+    inputs = [u, dt, A, B, C, state, outputs[2], gy, gsf]
+    gu, gdt, gB, gC, gA, gs0 = _launch(_cuda_kernel("train_bwd"), inputs, u.shape, n, shapes)
     return gu, gdt, gA.sum(axis=0), gB.sum(axis=2), gC.sum(axis=2), gs0
 
 

@@ -17,11 +17,14 @@ import sys
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 from test_mlx_model import rel_err
 
 from phiflash_mlx import model as model_mod
+from phiflash_mlx import train as train_mod
 
 TESTS = Path(__file__).resolve().parent
 HAVE_CUDA = getattr(mx, "cuda", None) is not None and mx.cuda.is_available()
@@ -78,15 +81,20 @@ def test_fp32_logits_through_the_cuda_scan_match_golden():
     assert max(errs.values()) <= 1e-4, errs
 
 
-@pytest.mark.parametrize("T, d, n", [(1, 64, 16), (37, 256, 16), (2048, 5120, 16), (300, 96, 8)])
-def test_cuda_scan_kernel_matches_the_chunked_scan(T, d, n):
-    mx.random.seed(T + d)
+def random_scan(T: int, d: int, n: int, seed: int):
+    """u, dt, A, B, C, D and the incoming state of a two-sequence scan."""
+    mx.random.seed(seed)
     u = mx.random.normal((2, T, d))
     dt = mx.random.uniform(0.0, 0.1, (2, T, d))
     A = -mx.exp(mx.random.normal((d, n)))
     B, C = mx.random.normal((2, T, n)), mx.random.normal((2, T, n))
     D = mx.random.normal((d,))
-    s0 = mx.random.normal((2, d, n)) * 0.1
+    return u, dt, A, B, C, D, mx.random.normal((2, d, n)) * 0.1
+
+
+@pytest.mark.parametrize("T, d, n", [(1, 64, 16), (37, 256, 16), (2048, 5120, 16), (300, 96, 8)])
+def test_cuda_scan_kernel_matches_the_chunked_scan(T, d, n):
+    u, dt, A, B, C, D, s0 = random_scan(T, d, n, seed=T + d)
     yk, sk = model_mod.ssm_scan_cuda(u, dt, A, B, C, D, s0)
     yc, sc = model_mod.ssm_scan_chunked(u, dt, A, B, C, D, s0)
     assert rel_err(np.array(yk), np.array(yc, np.float64)) <= 1e-4
@@ -97,13 +105,7 @@ def test_cuda_scan_kernel_matches_the_chunked_scan(T, d, n):
 def test_training_scan_kernels_match_the_chunked_scans_gradient(T, d, n):
     """The training scan (forward and backward kernels) gives the outputs and the gradient of
     every input that autodiff through the portable chunked scan gives."""
-    mx.random.seed(T + d + n)
-    u = mx.random.normal((2, T, d))
-    dt = mx.random.uniform(0.0, 0.1, (2, T, d))
-    A = -mx.exp(mx.random.normal((d, n)))
-    B, C = mx.random.normal((2, T, n)), mx.random.normal((2, T, n))
-    D = mx.random.normal((d,))
-    s0 = mx.random.normal((2, d, n)) * 0.1
+    u, dt, A, B, C, D, s0 = random_scan(T, d, n, seed=T + d + n)
     wy, ws = mx.random.normal((2, T, d)), mx.random.normal((2, d, n))
 
     def loss(scan):
@@ -121,36 +123,22 @@ def test_training_scan_kernels_match_the_chunked_scans_gradient(T, d, n):
         assert rel_err(np.array(a), np.array(b, np.float64)) <= 1e-3, name
 
 
-def test_training_step_takes_the_scan_kernels():
+def test_training_step_takes_the_scan_kernels(monkeypatch):
     """A training forward pass on the GPU scans with the training kernels, and its loss and
     gradient match the chunked scan's."""
-    import mlx.nn as nn
-
-    from phiflash_mlx import train as T
-
-    model = T.init_model(T.model_args(T.TrainConfig().model), 0, mx.float32)
+    model = train_mod.init_model(train_mod.model_args(train_mod.TrainConfig().model), 0, mx.float32)
     model.train()
     x = mx.random.randint(0, 600, (4, 96))
     m = mx.ones(x.shape)
-    grad = nn.value_and_grad(model, T.loss_fn)
+    grad = nn.value_and_grad(model, train_mod.loss_fn)
     calls = []
     kernel = model_mod.ssm_scan_cuda_train
-
-    def counted(*args):
-        calls.append(1)
-        return kernel(*args)
-
-    model_mod.ssm_scan_cuda_train = counted
-    try:
-        lk, gk = grad(model, x, x, m)
-        mx.eval(lk, gk)
-        assert calls, "training did not take the scan kernels"
-        model_mod.ssm_scan_cuda_train = lambda *a: model_mod.ssm_scan_chunked(*a)
-        lc, gc = grad(model, x, x, m)
-    finally:
-        model_mod.ssm_scan_cuda_train = kernel
-    from mlx.utils import tree_flatten
-
+    monkeypatch.setattr(model_mod, "ssm_scan_cuda_train", lambda *a: calls.append(1) or kernel(*a))
+    lk, gk = grad(model, x, x, m)
+    mx.eval(lk, gk)
+    assert calls, "training did not take the scan kernels"
+    monkeypatch.setattr(model_mod, "ssm_scan_cuda_train", model_mod.ssm_scan_chunked)
+    lc, gc = grad(model, x, x, m)
     assert abs(lk.item() - lc.item()) <= 1e-4 * abs(lc.item())
     flat_c = dict(tree_flatten(gc))
     for k, v in tree_flatten(gk):

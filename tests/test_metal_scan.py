@@ -258,3 +258,60 @@ def test_scan_selection_by_backend_and_training(monkeypatch, backend, training, 
     monkeypatch.setattr(model_mod, "_gpu_backend", lambda: backend)
     model_mod.selective_scan(*scan_inputs(), training=training)
     assert calls == [expected]
+
+
+def _reference_train_kernel(which: str):
+    """The training kernels' math in numpy, called as MLX calls a kernel (inputs in the
+    kernel's order, ``dims`` last), so the CUDA path's wiring runs on a CPU."""
+
+    def kernel(inputs, template, grid, threadgroup, output_shapes, output_dtypes):
+        x = [np.array(v) for v in inputs]
+        b, T = x[-1]
+        assert dict(template) == {"DI": x[0].shape[2], "NS": x[2].shape[1]}
+        assert grid[0] >= b * x[0].shape[2] * x[2].shape[1] and threadgroup == (128, 1, 1)
+        u, dt, A, B, C, s0 = x[:6]
+        a = np.exp(dt[..., None] * A)  # [b, T, d, n]
+        if which == "train_fwd":
+            states, s = np.empty(a.shape, np.float32), s0
+            for t in range(T):
+                s = states[:, t] = a[:, t] * s + (dt * u)[:, t, :, None] * B[:, t, None, :]
+            out = [(states * C[:, :, None, :]).sum(-1), s, states]
+        else:
+            states, gy, gs = x[6], x[7], x[8].copy()
+            prev = np.concatenate([s0[:, None], states[:, :-1]], axis=1)
+            gu, gdt, gB = np.empty(u.shape), np.empty(u.shape), np.empty(a.shape)
+            gC, gA = gy[..., None] * states, np.zeros(s0.shape)
+            for t in reversed(range(T)):
+                gs = gs + gy[:, t, :, None] * C[:, t, None, :]
+                ga = gs * prev[:, t]
+                gdt[:, t] = (ga * a[:, t] * A + gs * B[:, t, None, :] * u[:, t, :, None]).sum(-1)
+                gu[:, t] = (gs * B[:, t, None, :] * dt[:, t, :, None]).sum(-1)
+                gA += ga * a[:, t] * dt[:, t, :, None]
+                gB[:, t] = gs * (dt * u)[:, t, :, None]
+                gs = gs * a[:, t]
+            out = [gu, gdt, gB, gC, gA, gs]
+        assert [o.shape for o in out] == [tuple(s) for s in output_shapes]
+        return [mx.array(o.astype(np.float32)) for o in out]
+
+    return kernel
+
+
+def test_training_scan_wiring_matches_autodiff_of_the_chunked_scan(monkeypatch):
+    """ssm_scan_cuda_train with the kernels replaced by their math in numpy: the custom
+    function's outputs, its vjp's reductions and every input's gradient equal autodiff
+    through the portable scan (the CUDA sources themselves run in tests/test_gpu.py)."""
+    monkeypatch.setattr(model_mod, "_cuda_kernel", _reference_train_kernel)
+    args = scan_inputs(T=23, d=8, n=4, seed=3)
+    w = mx.random.normal((2, 23, 8)), mx.random.normal((2, 8, 4))
+
+    def loss(scan):
+        def f(*a):
+            y, s = scan(*a)
+            return (y * w[0]).sum() + (s * w[1]).sum()
+
+        return mx.value_and_grad(f, argnums=tuple(range(7)))(*args)
+
+    (lk, gk), (lc, gc) = loss(model_mod.ssm_scan_cuda_train), loss(model_mod.ssm_scan_chunked)
+    np.testing.assert_allclose(lk.item(), lc.item(), rtol=1e-5)
+    for got, want in zip(gk, gc):
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=1e-4)
