@@ -2,6 +2,10 @@
 layers taken apart, against a phi3 (Phi-4-mini) layer, at full width, 4-bit.
 
     python benchmarks/profile_mixers.py [--ctx 1024] [--bits 4] [--calls 300] [--quick]
+    python benchmarks/profile_mixers.py --prefill 2048 [--bits 16] [--calls 20] [--quick]
+
+``--prefill T`` takes apart a T-token first prompt chunk (no cache) instead: the Mamba,
+sliding-window and global-attention layers piece by piece, against a phi3 layer.
 
 Each piece runs ``--calls`` times back to back, every result handed to ``mx.async_eval`` as
 mlx-lm's decode loop does, then one synchronize: milliseconds per call with launches
@@ -19,12 +23,24 @@ import time
 
 import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
+import mlx.nn as nn
 from _common import real_config
 from bench_mlx import phi3_args, quantize
 from mlx_lm.models import phi3
 from mlx_lm.models.cache import KVCache, RotatingKVCache
 
-from phiflash_mlx.model import DecoderLayer, ModelArgs, _build_decode_fns, conv_step, mamba_step
+from phiflash_mlx.model import (
+    DecoderLayer,
+    ModelArgs,
+    _build_decode_fns,
+    _combine,
+    _pair_queries,
+    attention_mask,
+    conv_step,
+    mamba_step,
+    selective_scan,
+    softplus,
+)
 
 
 def per_call_ms(fn, calls: int) -> float:
@@ -139,15 +155,112 @@ def phi3_pieces(ctx: int, bits: int, quick: bool) -> dict:
     }
 
 
+def mamba_prefill_pieces(args, bits: int, T: int) -> dict:
+    layer = prepared(DecoderLayer(args, 0), bits)
+    mb, bf, f32 = layer.attn, mx.bfloat16, mx.float32
+    r, n, d = mb.dt_rank, mb.d_state, mb.d_inner
+    h = mx.random.normal((1, T, args.hidden_size))  # the float32 residual stream
+    x = layer.input_layernorm(h.astype(bf))
+    xb, z = mx.split(mb.in_proj(x), 2, axis=-1)
+    xpad = mx.concatenate([mx.zeros((1, mb.d_conv - 1, d), bf), xb], axis=1)
+    u = nn.silu(mb.conv1d(xpad, T)).astype(bf)
+    dbc = mb.x_proj(u)
+    dt = softplus(mb.dt_proj(dbc[..., :r]).astype(f32))
+    B, C = dbc[..., r : r + n].astype(f32), dbc[..., r + n :].astype(f32)
+    A = -mx.exp(mb.A_log.astype(f32))
+    state = mx.zeros((1, d, n), f32)
+    uf, D = u.astype(f32), mb.D.astype(f32)
+    y, _ = selective_scan(uf, dt, A, B, C, D, state)
+    o = mb.out_proj((y * nn.silu(z.astype(f32))).astype(bf))
+    mx.eval(h, x, xb, z, xpad, u, dbc, dt, B, C, A, uf, D, y, o)
+    return {
+        "whole layer": lambda: layer(h, None, None, None, None, "auto"),
+        "input norm (with the cast)": lambda: layer.input_layernorm(h.astype(bf)),
+        f"in_proj {args.hidden_size}->{2 * d}": lambda: mb.in_proj(x),
+        "conv + silu": lambda: nn.silu(mb.conv1d(xpad, T)).astype(bf),
+        f"x_proj {d}->{r + 2 * n}": lambda: mb.x_proj(u),
+        "dt_proj + softplus": lambda: softplus(mb.dt_proj(dbc[..., :r]).astype(f32)),
+        "scan (kernel)": lambda: selective_scan(uf, dt, A, B, C, D, state),
+        "gate + out_proj": lambda: mb.out_proj((y * nn.silu(z.astype(f32))).astype(bf)),
+        "residual, post norm, MLP, residual": lambda: (
+            (hh := h + o) + layer.mlp(layer.post_attention_layernorm(hh.astype(bf)))
+        ),
+        "MLP": lambda: layer.mlp(x),
+    }
+
+
+def attention_prefill_pieces(args, idx: int, bits: int, T: int) -> dict:
+    layer = prepared(DecoderLayer(args, idx), bits)
+    attn, bf = layer.attn, mx.bfloat16
+    hd, m, g = attn.head_dim, attn.n_kv // 2, attn.n_heads // attn.n_kv
+    h = mx.random.normal((1, T, args.hidden_size))
+    x = layer.input_layernorm(h.astype(bf))
+    qkv = attn.Wqkv(x)
+    q, k, v = mx.split(qkv, [attn.n_heads * hd, (attn.n_heads + attn.n_kv) * hd], -1)
+    keys = k.reshape(1, T, m, 2 * hd).transpose(0, 2, 1, 3)
+    values = v.reshape(1, T, m, 2 * hd).transpose(0, 2, 1, 3)
+    mask = attention_mask(None, T, attn.window)
+    qp = _pair_queries(q, m, g, hd)
+    o = attn.attend(qp, keys, values, mask)
+    ica = attn.inner_cross_attn
+    lam = ica.full(attn.lambda_init)
+    oc = _combine(o, lam, ica.subln.weight, attn.lambda_init, ica.subln.eps, m, g)
+    mx.eval(h, x, q, k, v, keys, values, qp, o, lam, oc)
+    kind = "mask array" if isinstance(mask, mx.array) else repr(mask)
+    return {
+        "whole layer": lambda: layer(h, None, None, None, None, "auto"),
+        f"Wqkv {args.hidden_size}->{qkv.shape[-1]}": lambda: attn.Wqkv(x),
+        "mask": lambda: attention_mask(None, T, attn.window),
+        "paired queries": lambda: _pair_queries(q, m, g, hd),
+        f"attention ({qp.shape[1]} query rows, dim {2 * hd}, {kind})": lambda: attn.attend(
+            qp, keys, values, mask
+        ),
+        "combine + sub-norm": lambda: _combine(
+            o, lam, ica.subln.weight, attn.lambda_init, ica.subln.eps, m, g
+        ),
+        "out_proj": lambda: attn.out_proj(oc),
+        "MLP": lambda: layer.mlp(x),
+    }
+
+
+def phi3_prefill_pieces(bits: int, T: int, quick: bool) -> dict:
+    args = phi3_args(quick)
+    layer = prepared(phi3.TransformerBlock(args), bits)
+    h = mx.random.normal((1, T, args.hidden_size)).astype(mx.bfloat16)
+    x = layer.input_layernorm(h)
+    mx.eval(h, x)
+    return {
+        "whole layer": lambda: layer(h, "causal", None),
+        "attention (norm'd input, RoPE, attention, o_proj)": lambda: layer.self_attn(
+            x, "causal", None
+        ),
+        "MLP": lambda: layer.mlp(x),
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ctx", type=int, default=1024)
     p.add_argument("--bits", type=int, default=4, choices=(4, 8, 16))
     p.add_argument("--calls", type=int, default=300)
     p.add_argument("--quick", action="store_true", help="small widths, any device")
+    p.add_argument("--prefill", type=int, default=0, help="take apart a T-token prompt chunk")
     a = p.parse_args(argv)
     print(json.dumps({"mlx": mx.__version__, "device": str(mx.default_device()), **vars(a)}))
     args = ModelArgs.from_dict(real_config(a.quick))
+    if a.prefill:
+        T = a.prefill
+        groups = {
+            "SambaY Mamba layer": mamba_prefill_pieces(args, a.bits, T),
+            "SambaY sliding-window layer": attention_prefill_pieces(args, 1, a.bits, T),
+            "SambaY global-attention layer": attention_prefill_pieces(args, 17, a.bits, T),
+            "phi3 layer": phi3_prefill_pieces(a.bits, T, a.quick),
+        }
+        print(f"\n| piece ({T}-token prompt chunk, {a.bits}-bit) | ms per call |\n|---|---|")
+        for group, pieces in groups.items():
+            for name, fn in pieces.items():
+                print(f"| {group}: {name} | {per_call_ms(fn, a.calls):.4f} |", flush=True)
+        return 0
     groups = {
         "SambaY Mamba layer": mamba_pieces(args, a.bits),
         "SambaY sliding-window layer": attention_pieces(args, 1, a.ctx, a.bits),
