@@ -23,7 +23,6 @@ import time
 
 import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
-import mlx.nn as nn
 from _common import real_config
 from bench_mlx import phi3_args, quantize
 from mlx_lm.models import phi3
@@ -32,14 +31,18 @@ from mlx_lm.models.cache import KVCache, RotatingKVCache
 from phiflash_mlx.model import (
     DecoderLayer,
     ModelArgs,
+    _add_cast,
+    _add_norm,
     _build_decode_fns,
     _combine,
     _pair_queries,
     attention_mask,
+    conv_silu,
     conv_step,
+    dt_softplus,
     mamba_step,
+    output_gate,
     selective_scan,
-    softplus,
 )
 
 
@@ -155,6 +158,13 @@ def phi3_pieces(ctx: int, bits: int, quick: bool) -> dict:
     }
 
 
+def residual_mlp(layer, h, o):
+    """What a layer does after its mixer: residual, post norm, MLP, residual (and the cast)."""
+    norm = layer.post_attention_layernorm
+    h, x = _add_norm(h, o, norm.weight, norm.bias, norm.eps)
+    return _add_cast(h, layer.mlp(x), norm.weight)
+
+
 def mamba_prefill_pieces(args, bits: int, T: int) -> dict:
     layer = prepared(DecoderLayer(args, 0), bits)
     mb, bf, f32 = layer.attn, mx.bfloat16, mx.float32
@@ -163,28 +173,26 @@ def mamba_prefill_pieces(args, bits: int, T: int) -> dict:
     x = layer.input_layernorm(h.astype(bf))
     xb, z = mx.split(mb.in_proj(x), 2, axis=-1)
     xpad = mx.concatenate([mx.zeros((1, mb.d_conv - 1, d), bf), xb], axis=1)
-    u = nn.silu(mb.conv1d(xpad, T)).astype(bf)
+    u, uf = conv_silu(xpad, mb.conv1d.weight, mb.conv1d.bias_or_zeros(bf))
     dbc = mb.x_proj(u)
-    dt = softplus(mb.dt_proj(dbc[..., :r]).astype(f32))
+    dt = dt_softplus(mb.dt_proj(dbc[..., :r]))
     B, C = dbc[..., r : r + n].astype(f32), dbc[..., r + n :].astype(f32)
     A = -mx.exp(mb.A_log.astype(f32))
     state = mx.zeros((1, d, n), f32)
-    uf, D = u.astype(f32), mb.D.astype(f32)
+    D = mb.D.astype(f32)
     y, _ = selective_scan(uf, dt, A, B, C, D, state)
-    o = mb.out_proj((y * nn.silu(z.astype(f32))).astype(bf))
+    o = mb.out_proj(output_gate(y, z))
     mx.eval(h, x, xb, z, xpad, u, dbc, dt, B, C, A, uf, D, y, o)
     return {
         "whole layer": lambda: layer(h, None, None, None, None, "auto"),
         "input norm (with the cast)": lambda: layer.input_layernorm(h.astype(bf)),
         f"in_proj {args.hidden_size}->{2 * d}": lambda: mb.in_proj(x),
-        "conv + silu": lambda: nn.silu(mb.conv1d(xpad, T)).astype(bf),
+        "conv + silu": lambda: conv_silu(xpad, mb.conv1d.weight, mb.conv1d.bias_or_zeros(bf)),
         f"x_proj {d}->{r + 2 * n}": lambda: mb.x_proj(u),
-        "dt_proj + softplus": lambda: softplus(mb.dt_proj(dbc[..., :r]).astype(f32)),
+        "dt_proj + softplus": lambda: dt_softplus(mb.dt_proj(dbc[..., :r])),
         "scan (kernel)": lambda: selective_scan(uf, dt, A, B, C, D, state),
-        "gate + out_proj": lambda: mb.out_proj((y * nn.silu(z.astype(f32))).astype(bf)),
-        "residual, post norm, MLP, residual": lambda: (
-            (hh := h + o) + layer.mlp(layer.post_attention_layernorm(hh.astype(bf)))
-        ),
+        "gate + out_proj": lambda: mb.out_proj(output_gate(y, z)),
+        "residual, post norm, MLP, residual": lambda: residual_mlp(layer, h, o),
         "MLP": lambda: layer.mlp(x),
     }
 

@@ -98,35 +98,57 @@ def lambda_init_fn(depth: int) -> float:
 # All state arithmetic in float32.
 
 
+# The elementwise work around the scan runs as compiled functions, one kernel each on a GPU
+# (a prompt's conv alone is 3K+2 elementwise ops over [b, T, d_inner] otherwise).
+
+
+@mx.compile
+def conv_silu(xpad, w, bias):
+    """Causal depthwise conv + SiLU. xpad [b, K-1+T, d] holds the previous K-1 inputs then the
+    T new ones; w is HF's [d, 1, K]. Returns u [b, T, d] in xpad's dtype and the same values in
+    float32 (the scan's input)."""
+    f32 = mx.float32
+    K = w.shape[-1]
+    T = xpad.shape[1] - (K - 1)
+    c = bias.astype(f32)
+    for k in range(K):
+        c = c + w[:, 0, k].astype(f32) * xpad[:, k : k + T].astype(f32)
+    u = nn.silu(c).astype(xpad.dtype)
+    return u, u.astype(f32)
+
+
+@partial(mx.compile, shapeless=True)
+def dt_softplus(dt):
+    return softplus(dt.astype(mx.float32))
+
+
+@partial(mx.compile, shapeless=True)
+def output_gate(y, z):
+    """y * SiLU(z) in float32, back in z's dtype."""
+    return (y * nn.silu(z.astype(mx.float32))).astype(z.dtype)
+
+
 @mx.compile
 def conv_step(conv_state, xb, w, bias):
     """One token of the causal depthwise conv + SiLU; returns (u, new conv state)."""
-    f32 = mx.float32
-    K = w.shape[-1]
-    c = bias.astype(f32)
-    for k in range(K - 1):  # conv_state holds the previous K-1 inputs
-        c = c + w[:, 0, k].astype(f32) * conv_state[:, k].astype(f32)
-    c = c + w[:, 0, K - 1].astype(f32) * xb[:, 0].astype(f32)
-    new_state = mx.concatenate([conv_state[:, 1:], xb], axis=1)
-    return nn.silu(c).astype(xb.dtype)[:, None], new_state
+    xpad = mx.concatenate([conv_state, xb], axis=1)
+    return conv_silu(xpad, w, bias)[0], xpad[:, 1:]
 
 
 @mx.compile
 def mamba_step(u, dt, A_log, B, C, D, state, z):
     """One token of softplus + selective scan + output gate, all in float32."""
     f32 = mx.float32
-    dt = softplus(dt.astype(f32))
     y, state = _ssm_step(
         u.astype(f32),
-        dt,
+        dt_softplus(dt),
         -mx.exp(A_log.astype(f32)),
         B.astype(f32),
         C.astype(f32),
         D.astype(f32),
         state,
     )
-    gated = (y * nn.silu(z.astype(f32))).astype(z.dtype)
-    return gated, y.astype(z.dtype), state
+    return output_gate(y, z), y.astype(z.dtype), state
 
 
 def _ssm_step(u, dt, A, B, C, D, state):
@@ -601,7 +623,8 @@ class MLP(nn.Module):
 
 
 class DepthwiseConv1d(nn.Module):
-    """Causal depthwise conv with the HF weight layout [channels, 1, kernel]."""
+    """Causal depthwise conv with the HF weight layout [channels, 1, kernel] (run by
+    ``conv_silu`` and ``conv_step``)."""
 
     def __init__(self, channels: int, kernel: int, bias: bool):
         super().__init__()
@@ -609,14 +632,8 @@ class DepthwiseConv1d(nn.Module):
         if bias:
             self.bias = mx.zeros((channels,))
 
-    def __call__(self, xpad, T: int):
-        # xpad: [b, K-1+T, c] = previous K-1 inputs then the T new ones
-        w = self.weight[:, 0, :].astype(mx.float32)
-        K = w.shape[-1]
-        out = self.bias.astype(mx.float32) if "bias" in self else 0.0
-        for k in range(K):
-            out = out + w[:, k] * xpad[:, k : k + T].astype(mx.float32)
-        return out
+    def bias_or_zeros(self, dtype) -> mx.array:
+        return self.bias if "bias" in self else mx.zeros((self.weight.shape[0],), dtype)
 
 
 class Mamba(nn.Module):
@@ -651,10 +668,11 @@ class Mamba(nn.Module):
         if mask is not None:
             xb = mx.where(mask[..., None], xb, 0)
         xpad = mx.concatenate([conv_state, xb], axis=1)
-        u = nn.silu(self.conv1d(xpad, T)).astype(x.dtype)
+        conv = self.conv1d
+        u, u32 = conv_silu(xpad, conv.weight, conv.bias_or_zeros(xb.dtype))
         dt, B, C = mx.split(self.x_proj(u), [self.dt_rank, self.dt_rank + self.d_state], axis=-1)
         f32 = mx.float32
-        dt = softplus(self.dt_proj(dt).astype(f32))
+        dt = dt_softplus(self.dt_proj(dt))
         if mask is not None:
             dt = mx.where(mask[..., None], dt, 0.0)
         state = cache[1] if cache is not None else None
@@ -662,7 +680,7 @@ class Mamba(nn.Module):
             state = mx.zeros((b, self.d_inner, self.d_state), dtype=f32)
         A = -mx.exp(self.A_log.astype(f32))
         y, state = selective_scan(
-            u.astype(f32),
+            u32,
             dt,
             A,
             B.astype(f32),
@@ -682,14 +700,12 @@ class Mamba(nn.Module):
             cache[1] = state
             if mask is not None:
                 cache.advance(T)
-        out = self.out_proj((y * nn.silu(z.astype(f32))).astype(x.dtype))
-        return out, y.astype(x.dtype)
+        return self.out_proj(output_gate(y, z)), y.astype(x.dtype)
 
     def _step(self, x, xb, z, conv_state, cache):
         """Decode path: the same math as above for one token, in two fused kernels."""
         conv = self.conv1d
-        bias = conv.bias if "bias" in conv else mx.zeros((self.d_inner,), xb.dtype)
-        u, cache[0] = conv_step(conv_state, xb, conv.weight, bias)
+        u, cache[0] = conv_step(conv_state, xb, conv.weight, conv.bias_or_zeros(xb.dtype))
         dbc = self.x_proj(u)
         dt = self.dt_proj(dbc[..., : self.dt_rank])
         B, C = dbc[..., self.dt_rank : self.dt_rank + self.d_state], dbc[..., -self.d_state :]
@@ -1013,7 +1029,7 @@ class DecoderLayer(nn.Module):
         else:
             o, shared_kv = self.attn(x, cache, mask=mask)
         norm = self.post_attention_layernorm
-        if h.shape[1] == 1 and not self.training:
+        if not self.training:  # fused residuals; hn saves the next layer's cast
             h, x = _add_norm(h, o, norm.weight, norm.bias, norm.eps)
             h, hn = _add_cast(h, self.mlp(x), norm.weight)
             return h, memory, shared_kv, hn
@@ -1058,8 +1074,7 @@ def _build_decode_fns(layer: "DecoderLayer") -> dict:
         def mamba(h, conv_state, state):  # Mamba._step's conv_step and mamba_step, traced in
             xb, z = mx.split(mb.in_proj(pre_norm(h)), 2, axis=-1)
             conv = mb.conv1d
-            bias = conv.bias if "bias" in conv else mx.zeros((mb.d_inner,), xb.dtype)
-            u, new_conv = conv_step(conv_state, xb, conv.weight, bias)
+            u, new_conv = conv_step(conv_state, xb, conv.weight, conv.bias_or_zeros(xb.dtype))
             u = u[:, 0]  # [b, d]
             dbc = mb.x_proj(u)
             r, n = mb.dt_rank, mb.d_state
