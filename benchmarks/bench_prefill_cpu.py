@@ -17,32 +17,37 @@ table gives medians:
 * ``numpy-fullmask``: the prompt path with the sliding-window layers attending over the
   whole prompt under a window mask (the former attention), instead of in bands.
 
+With ``--ref REV`` the model file of that git revision (``phiflash_mlx/model.py``) runs the
+``numpy`` variant too, on the same weights, in the same rotation (row ``ref REV``), and the
+largest difference between the two prefills' cache states is printed.
+
     python benchmarks/bench_prefill_cpu.py --width tutor
     python benchmarks/bench_prefill_cpu.py --width real --layers 8
+    python benchmarks/bench_prefill_cpu.py --variants numpy --ref HEAD~1 --repeat 9
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
 from _common import ROOT, machine_line, real_config
+from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 
 from phiflash_mlx import model as model_mod
 
 TUTOR_CONFIG = ROOT / "weights" / "phiflash-tutor" / "config.json"
-SCANS = {
-    "numpy": model_mod.ssm_scan_numpy,
-    "chunked": model_mod.ssm_scan_chunked,
-    "logdepth": model_mod.ssm_scan_logdepth,
-}
 VARIANTS = {  # name: (the CPU's prompt scan, banded sliding-window prefill)
     "numpy": ("numpy", True),
     "chunked": ("chunked", True),
@@ -63,13 +68,31 @@ def config(width: str, layers: int | None) -> dict:
     return cfg
 
 
-def prefill(model, tokens, variant) -> tuple[float, float]:
-    """(total seconds, seconds inside the selective scans) of one prefill chunk."""
+def model_at(rev: str):
+    """``phiflash_mlx/model.py`` as of git revision ``rev``, imported as its own module."""
+    src = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:phiflash_mlx/model.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp(prefix="phiflash-ref-")) / "model_ref.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("model_ref", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def prefill(model, tokens, variant, mod=model_mod) -> tuple[float, float, list]:
+    """(total seconds, seconds inside the selective scans, cache) of one prefill chunk run by
+    the model file ``mod``."""
     scan, banded = VARIANTS[variant]
-    scan = SCANS[scan]
-    model_mod.BANDED_WINDOW_PREFILL = banded
+    numpy_scan = mod.ssm_scan_numpy
+    scan = getattr(mod, f"ssm_scan_{scan}")
+    mod.BANDED_WINDOW_PREFILL = banded
     spent = [0.0]
-    plain = model_mod.selective_scan
+    plain = mod.selective_scan
 
     def timed_scan(*args, **kw):
         mx.eval(args)
@@ -79,7 +102,7 @@ def prefill(model, tokens, variant) -> tuple[float, float]:
         spent[0] += time.perf_counter() - t
         return out
 
-    model_mod.ssm_scan_numpy, model_mod.selective_scan = scan, timed_scan
+    mod.ssm_scan_numpy, mod.selective_scan = scan, timed_scan
     try:
         cache = make_prompt_cache(model)
         t = time.perf_counter()
@@ -87,9 +110,9 @@ def prefill(model, tokens, variant) -> tuple[float, float]:
         mx.eval([c.state for c in cache])
         total = time.perf_counter() - t
     finally:
-        model_mod.ssm_scan_numpy, model_mod.selective_scan = SCANS["numpy"], plain
-        model_mod.BANDED_WINDOW_PREFILL = True
-    return total, spent[0]
+        mod.ssm_scan_numpy, mod.selective_scan = numpy_scan, plain
+        mod.BANDED_WINDOW_PREFILL = True
+    return total, spent[0], cache
 
 
 def main(argv=None) -> int:
@@ -99,6 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--variants", default="numpy,chunked,numpy-fullmask")
+    p.add_argument("--ref", default=None, help="git revision whose model file runs too")
     a = p.parse_args(argv)
     mx.set_default_device(mx.cpu)
     cfg = config(a.width, a.layers)
@@ -112,12 +136,30 @@ def main(argv=None) -> int:
     names = a.variants.split(",")
     if unknown := [n for n in names if n not in VARIANTS]:
         raise SystemExit(f"unknown --variants {unknown}; choose from {list(VARIANTS)}")
-    for name in names:  # warm-up: compiles every kernel shape
-        prefill(model, tokens, name)
+    runners = {name: (model, name, model_mod) for name in names}
+    if a.ref:
+        ref = model_at(a.ref)
+        ref_model = ref.Model(ref.ModelArgs.from_dict(cfg))
+        ref_model.eval()
+        ref_model.load_weights(tree_flatten(model.parameters()))
+        runners[f"ref {a.ref}"] = (ref_model, "numpy", ref)
+        names.append(f"ref {a.ref}")
+    states = {}
+    for name, (m, variant, mod) in runners.items():  # warm-up: compiles every kernel shape
+        cache = prefill(m, tokens, variant, mod)[2]
+        states[name] = [v for _, v in tree_flatten([c.state for c in cache])]
+    if a.ref:
+        diff = max(
+            float(mx.abs(x - y).max())
+            for x, y in zip(states[names[0]], states[names[-1]])
+            if x is not None
+        )
+        print(f"largest cache-state difference, {names[0]} vs {names[-1]}: {diff:.3g}")
     runs = {name: [] for name in names}
     for rep in range(a.repeat):  # the order rotates: a load that drifts favours no variant
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
-            runs[name].append(prefill(model, tokens, name))
+            m, variant, mod = runners[name]
+            runs[name].append(prefill(m, tokens, variant, mod)[:2])
             print(name, json.dumps(runs[name][-1]), flush=True)
     print()
     print(f"{datetime.now(UTC):%Y-%m-%d}, MLX {mx.__version__} CPU, {machine_line()}")

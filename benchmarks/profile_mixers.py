@@ -31,8 +31,6 @@ from mlx_lm.models.cache import KVCache, RotatingKVCache
 from phiflash_mlx.model import (
     DecoderLayer,
     ModelArgs,
-    _add_cast,
-    _add_norm,
     _build_decode_fns,
     _combine,
     _pair_queries,
@@ -159,10 +157,10 @@ def phi3_pieces(ctx: int, bits: int, quick: bool) -> dict:
 
 
 def residual_mlp(layer, h, o):
-    """What a layer does after its mixer: residual, post norm, MLP, residual (and the cast)."""
+    """What a prompt layer does after its mixer: residual, post norm, MLP, residual."""
     norm = layer.post_attention_layernorm
-    h, x = _add_norm(h, o, norm.weight, norm.bias, norm.eps)
-    return _add_cast(h, layer.mlp(x), norm.weight)
+    h = h + o
+    return h + layer.mlp(norm(h.astype(norm.weight.dtype)))
 
 
 def mamba_prefill_pieces(args, bits: int, T: int) -> dict:

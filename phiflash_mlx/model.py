@@ -1029,7 +1029,7 @@ class DecoderLayer(nn.Module):
         else:
             o, shared_kv = self.attn(x, cache, mask=mask)
         norm = self.post_attention_layernorm
-        if not self.training:  # fused residuals; hn saves the next layer's cast
+        if h.shape[1] == 1 and not self.training:
             h, x = _add_norm(h, o, norm.weight, norm.bias, norm.eps)
             h, hn = _add_cast(h, self.mlp(x), norm.weight)
             return h, memory, shared_kv, hn
