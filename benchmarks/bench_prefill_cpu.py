@@ -76,11 +76,12 @@ def model_at(rev: str):
         text=True,
         check=True,
     ).stdout
-    path = Path(tempfile.mkdtemp(prefix="phiflash-ref-")) / "model_ref.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("model_ref", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    with tempfile.TemporaryDirectory(prefix="phiflash-ref-") as tmp:
+        path = Path(tmp) / "model_ref.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location("model_ref", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
     return mod
 
 

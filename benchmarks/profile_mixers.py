@@ -256,24 +256,22 @@ def main(argv=None) -> int:
     args = ModelArgs.from_dict(real_config(a.quick))
     if a.prefill:
         T = a.prefill
+        what = f"{T}-token prompt chunk"
         groups = {
             "SambaY Mamba layer": mamba_prefill_pieces(args, a.bits, T),
             "SambaY sliding-window layer": attention_prefill_pieces(args, 1, a.bits, T),
             "SambaY global-attention layer": attention_prefill_pieces(args, 17, a.bits, T),
             "phi3 layer": phi3_prefill_pieces(a.bits, T, a.quick),
         }
-        print(f"\n| piece ({T}-token prompt chunk, {a.bits}-bit) | ms per call |\n|---|---|")
-        for group, pieces in groups.items():
-            for name, fn in pieces.items():
-                print(f"| {group}: {name} | {per_call_ms(fn, a.calls):.4f} |", flush=True)
-        return 0
-    groups = {
-        "SambaY Mamba layer": mamba_pieces(args, a.bits),
-        "SambaY sliding-window layer": attention_pieces(args, 1, a.ctx, a.bits),
-        "SambaY cross-attention layer": attention_pieces(args, 19, a.ctx, a.bits),
-        "phi3 layer": phi3_pieces(a.ctx, a.bits, a.quick),
-    }
-    print(f"\n| piece (ctx {a.ctx}, {a.bits}-bit) | ms per call |\n|---|---|")
+    else:
+        what = f"ctx {a.ctx}"
+        groups = {
+            "SambaY Mamba layer": mamba_pieces(args, a.bits),
+            "SambaY sliding-window layer": attention_pieces(args, 1, a.ctx, a.bits),
+            "SambaY cross-attention layer": attention_pieces(args, 19, a.ctx, a.bits),
+            "phi3 layer": phi3_pieces(a.ctx, a.bits, a.quick),
+        }
+    print(f"\n| piece ({what}, {a.bits}-bit) | ms per call |\n|---|---|")
     for group, pieces in groups.items():
         for name, fn in pieces.items():
             print(f"| {group}: {name} | {per_call_ms(fn, a.calls):.4f} |", flush=True)
