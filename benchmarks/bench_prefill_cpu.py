@@ -70,12 +70,14 @@ def config(width: str, layers: int | None) -> dict:
 
 def model_at(rev: str):
     """``phiflash_mlx/model.py`` as of git revision ``rev``, imported as its own module."""
-    src = subprocess.run(
+    got = subprocess.run(
         ["git", "-C", str(ROOT), "show", f"{rev}:phiflash_mlx/model.py"],
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
+    )
+    if got.returncode:
+        raise SystemExit(f"--ref {rev}: {got.stderr.strip() or 'git show failed'}")
+    src = got.stdout
     with tempfile.TemporaryDirectory(prefix="phiflash-ref-") as tmp:
         path = Path(tmp) / "model_ref.py"
         path.write_text(src)
