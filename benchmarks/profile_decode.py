@@ -2,6 +2,7 @@
 against mlx-lm's phi3 with all its layers and with none, in one run.
 
     python benchmarks/profile_decode.py [--quant 4bit] [--ctx 1024] [--quick]
+    python benchmarks/profile_decode.py --prefill 2048 --quant bf16   # a T-token prompt instead
 
 Both models are built as ``bench_mlx.py`` builds them (full size, random weights, the same
 quantization) and decode with mlx-lm's ``generate_step`` after a cache filled to ``--ctx``.
@@ -10,7 +11,9 @@ read), so "full - without kind" is what that kind's layers cost per token, and d
 their count, per layer. "none" leaves every layer out: embedding, final norm and LM head
 only. The layers that feed others (the cross-decoder's Mamba, whose output GMUs gate, and
 the global attention, whose K/V the cross layers read) are never left out. Rows are the
-best of ``--repeat`` runs: decode speed on a GPU moves between runs.
+best of ``--repeat`` runs: decode speed on a GPU moves between runs. With ``--prefill T`` the
+same variants time a T-token prompt as ``bench_mlx.py`` does (ms per prompt; a prompt chunk's
+cross-decoder never runs, so only the self-decoder's kinds are left out).
 """
 
 from __future__ import annotations
@@ -22,10 +25,18 @@ import sys
 
 import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
-from bench_mlx import decode_tps, ours_model, phi3_model, prepare
+from bench_mlx import decode_tps, ours_model, phi3_model, prefill_tps, prepare
 from mlx_lm.models import phi3
 
+from phiflash_mlx import model as model_mod
+
 LEAVE_OUT = ("mamba", "swa", "gmu", "cross")
+# --prefill: the model file's switches back to a former prompt path (label -> flags set False)
+FORMER_PROMPT_PATHS = {
+    "scan sequential in time": ("SCAN_TIME_CHUNKS",),
+    "whole window mask": ("BANDED_WINDOW_PREFILL",),
+    "both former paths": ("SCAN_TIME_CHUNKS", "BANDED_WINDOW_PREFILL"),
+}
 
 
 class Skipped:
@@ -55,6 +66,11 @@ def ms_per_token(model, ctx: int, n: int, repeat: int) -> float:
     return 1e3 / max(decode_tps(model, ctx, n, mx.bfloat16) for _ in range(repeat))
 
 
+def ms_per_prompt(model, T: int, repeat: int) -> float:
+    vocab = model.args.vocab_size
+    return min(T / prefill_tps(model, T, vocab) for _ in range(repeat)) * 1e3
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quant", default="4bit", choices=("bf16", "8bit", "4bit"))
@@ -62,59 +78,71 @@ def main(argv=None) -> int:
     p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="small widths, any device")
+    p.add_argument("--prefill", type=int, default=0, help="time a T-token prompt instead")
     a = p.parse_args(argv)
     print(json.dumps({"mlx": mx.__version__, "device": str(mx.default_device()), **vars(a)}))
 
     rows = []
 
     def row(label: str, ms: float, n_layers: int | None = None, full: float | None = None):
-        r = {"variant": label, "ms_per_token": round(ms, 3)}
+        r = {"variant": label, "ms": round(ms, 3)}
         if full is not None and n_layers:
             r["kind_ms"] = round(full - ms, 3)
             r["per_layer_ms"] = round((full - ms) / n_layers, 4)
         rows.append(r)
         print(json.dumps(r), flush=True)
 
+    def measure(model) -> float:
+        if a.prefill:
+            return ms_per_prompt(model, a.prefill, a.repeat)
+        return ms_per_token(model, a.ctx, a.gen_tokens, a.repeat)
+
+    def warm_up(model) -> None:  # traces the compiled steps, compiles every chunk shape
+        if a.prefill:
+            prefill_tps(model, a.prefill, model.args.vocab_size)
+        else:
+            decode_tps(model, 256, 16, mx.bfloat16)
+
     ours = build("sambay", a.quant, a.quick)
     layers = list(ours.model.layers)
-    decode_tps(ours, 256, 16, mx.bfloat16)  # warm-up: traces the compiled steps
-    full = ms_per_token(ours, a.ctx, a.gen_tokens, a.repeat)
+    warm_up(ours)
+    full = measure(ours)
     row("sambay", full)
-    for kind in LEAVE_OUT:
+    for kind in LEAVE_OUT[:2] if a.prefill else LEAVE_OUT:
         picked = [i for i, layer in enumerate(layers) if layer.kind == kind]
         ours.model.layers = [Skipped(x) if i in picked else x for i, x in enumerate(layers)]
-        row(
-            f"sambay without {kind} ({len(picked)})",
-            ms_per_token(ours, a.ctx, a.gen_tokens, a.repeat),
-            len(picked),
-            full,
-        )
+        row(f"sambay without {kind} ({len(picked)})", measure(ours), len(picked), full)
     keep = {"mamba_mem", "attn"}  # they feed the cross-decoder
     ours.model.layers = [x if x.kind in keep else Skipped(x) for x in layers]
-    row("sambay, only mamba_mem + attn", ms_per_token(ours, a.ctx, a.gen_tokens, a.repeat))
+    row("sambay, only mamba_mem + attn", measure(ours))
     ours.model.layers = layers
+    if a.prefill:  # the former prompt paths, one at a time and together
+        for label, flags in FORMER_PROMPT_PATHS.items():
+            for flag in flags:
+                setattr(model_mod, flag, False)
+            warm_up(ours)
+            row(f"sambay, {label}", measure(ours))
+            for flag in flags:
+                setattr(model_mod, flag, True)
     del ours
     gc.collect()
     mx.clear_cache()
 
     phi = build("phi3", a.quant, a.quick)
-    decode_tps(phi, 256, 16, mx.bfloat16)
-    pfull = ms_per_token(phi, a.ctx, a.gen_tokens, a.repeat)
+    warm_up(phi)
+    pfull = measure(phi)
     row("phi3", pfull)
     players = list(phi.model.layers)
     phi.model.layers = [Skipped(x) for x in players]
-    row(
-        f"phi3 without its layers ({len(players)})",
-        ms_per_token(phi, a.ctx, a.gen_tokens, a.repeat),
-        len(players),
-        pfull,
-    )
+    row(f"phi3 without its layers ({len(players)})", measure(phi), len(players), pfull)
     print()
-    print(f"| variant ({a.quant}, ctx {a.ctx}) | ms/token | kind ms | per layer ms |")
+    what = f"{a.prefill}-token prompt" if a.prefill else f"ctx {a.ctx}"
+    unit = "ms/prompt" if a.prefill else "ms/token"
+    print(f"| variant ({a.quant}, {what}) | {unit} | kind ms | per layer ms |")
     print("|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['variant']} | {r['ms_per_token']:.2f} | {r.get('kind_ms', '')} "
+            f"| {r['variant']} | {r['ms']:.2f} | {r.get('kind_ms', '')} "
             f"| {r.get('per_layer_ms', '')} |"
         )
     return 0

@@ -26,8 +26,10 @@ import mlx.core as mx
 from _common import real_config
 from bench_mlx import phi3_args, quantize
 from mlx_lm.models import phi3
+from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import KVCache, RotatingKVCache
 
+from phiflash_mlx import model as model_mod
 from phiflash_mlx.model import (
     DecoderLayer,
     ModelArgs,
@@ -41,6 +43,7 @@ from phiflash_mlx.model import (
     mamba_step,
     output_gate,
     selective_scan,
+    window_band_attention,
 )
 
 
@@ -163,6 +166,15 @@ def residual_mlp(layer, h, o):
     return h + layer.mlp(norm(h.astype(norm.weight.dtype)))
 
 
+def sequential_scan(*args):
+    """The CUDA prompt scan in one pass sequential in time (no time chunks)."""
+    model_mod.SCAN_TIME_CHUNKS = False
+    try:
+        return selective_scan(*args)
+    finally:
+        model_mod.SCAN_TIME_CHUNKS = True
+
+
 def mamba_prefill_pieces(args, bits: int, T: int) -> dict:
     layer = prepared(DecoderLayer(args, 0), bits)
     mb, bf, f32 = layer.attn, mx.bfloat16, mx.float32
@@ -189,6 +201,7 @@ def mamba_prefill_pieces(args, bits: int, T: int) -> dict:
         f"x_proj {d}->{r + 2 * n}": lambda: mb.x_proj(u),
         "dt_proj + softplus": lambda: dt_softplus(mb.dt_proj(dbc[..., :r])),
         "scan (kernel)": lambda: selective_scan(uf, dt, A, B, C, D, state),
+        "scan (kernel, sequential in time)": lambda: sequential_scan(uf, dt, A, B, C, D, state),
         "gate + out_proj": lambda: mb.out_proj(output_gate(y, z)),
         "residual, post norm, MLP, residual": lambda: residual_mlp(layer, h, o),
         "MLP": lambda: layer.mlp(x),
@@ -213,7 +226,25 @@ def attention_prefill_pieces(args, idx: int, bits: int, T: int) -> dict:
     oc = _combine(o, lam, ica.subln.weight, attn.lambda_init, ica.subln.eps, m, g)
     mx.eval(h, x, q, k, v, keys, values, qp, o, lam, oc)
     kind = "mask array" if isinstance(mask, mx.array) else repr(mask)
-    return {
+    W, sc = attn.window, attn.scale
+    variants = {}
+    if W:  # the windowed prompt's other ways: whole mask, array bands (batch caches), blocks
+        whole = create_causal_mask(T, 0, window_size=W)
+        mx.eval(whole)
+        variants = {
+            "attention, whole window mask": lambda: mx.fast.scaled_dot_product_attention(
+                qp, keys, values, scale=sc, mask=whole
+            ),
+            "attention, bands cut from the mask array": lambda: attn.attend(
+                qp, keys, values, whole
+            ),
+        } | {
+            f"attention, bands of {blk} queries": lambda blk=blk: window_band_attention(
+                qp, keys, values, W, sc, blk
+            )
+            for blk in (64, 128, 256, 512)
+        }
+    return variants | {
         "whole layer": lambda: layer(h, None, None, None, None, "auto"),
         f"Wqkv {args.hidden_size}->{qkv.shape[-1]}": lambda: attn.Wqkv(x),
         "mask": lambda: attention_mask(None, T, attn.window),

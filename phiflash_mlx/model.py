@@ -25,7 +25,13 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import BaseModelArgs, create_causal_mask
-from mlx_lm.models.cache import ArraysCache, BatchKVCache, KVCache, RotatingKVCache
+from mlx_lm.models.cache import (
+    ArraysCache,
+    BatchKVCache,
+    BatchRotatingKVCache,
+    KVCache,
+    RotatingKVCache,
+)
 
 
 @dataclass
@@ -286,21 +292,49 @@ def ssm_scan_numpy(u, dt, A, B, C, D, state, max_elems: int = 1 << 24):
     return mx.array(y), mx.array(s)
 
 
-# The selective-scan kernel of both GPU backends, one thread per (sequence, channel, state): a
-# channel's NS lanes sit in one warp / SIMD group (NS divides 32) and reduce y = sum_n s[n] C[n]
-# with shuffles. The backends differ only in these spellings.
-_SCAN_SRC = """
+# The selective-scan kernel of both GPU backends, one thread per (sequence, time chunk,
+# channel, state): a channel's NS lanes sit in one warp / SIMD group (NS divides 32) and reduce
+# y = sum_n s[n] C[n] with shuffles. Time is cut into K chunks of L tokens scanned at once:
+# a first pass (CUDA only) scans each chunk from a zero state and keeps its end state s_end and
+# its decay, the product of exp(dt a) over the chunk; the prompt pass starts chunk k from the
+# incoming state carried through chunks 0..k-1 (s = decay_j s + s_end_j), scans it again and
+# writes y. K = 1 is the plain sequential scan (no first pass; s_end and decay unread). The
+# backends differ only in the spellings.
+_SCAN_INDEX = """
     @UINT@ gid = @GID@;
-    int nb = dims[0], T = dims[1];
+    int nb = dims[0], T = dims[1], K = dims[2], L = dims[3];
     @UINT@ n = gid % NS;
     @UINT@ ch = gid / NS;
     bool active = ch < @NCH@;
     if (!active) ch = 0;
-    @UINT@ b = ch / DI, d = ch % DI;
-    float s = state[((size_t)b * DI + d) * NS + n];
+    @UINT@ d = ch % DI, k = (ch / DI) % K, b = ch / (DI * K);
     float a = A[(size_t)d * NS + n];
+    int t0 = (int)k * L, t1 = t0 + L;
+    if (t1 > T) t1 = T;
+"""
+_SCAN_CHUNK_ENDS = """
+    float s = 0.0f, p = 1.0f;
+    for (int t = t0; t < t1; ++t) {
+        size_t o = ((size_t)b * T + t) * DI + d;
+        float dtv = dt[o];
+        float at = @EXP@(dtv * a);
+        s = at * s + dtv * u[o] * Bm[((size_t)b * T + t) * NS + n];
+        p *= at;
+    }
+    if (active) {
+        size_t w = (((size_t)b * K + k) * DI + d) * NS + n;
+        s_end[w] = s;
+        decay[w] = p;
+    }
+"""
+_SCAN_SRC = """
+    float s = state[((size_t)b * DI + d) * NS + n];
+    for (@UINT@ j = 0; j < k; ++j) {
+        size_t w = (((size_t)b * K + j) * DI + d) * NS + n;
+        s = decay[w] * s + s_end[w];
+    }
     float dd = D[d];
-    for (int t = 0; t < T; ++t) {
+    for (int t = t0; t < t1; ++t) {
         size_t o = ((size_t)b * T + t) * DI + d;
         size_t on = ((size_t)b * T + t) * NS + n;
         float dtv = dt[o], uv = u[o];
@@ -309,67 +343,92 @@ _SCAN_SRC = """
         for (@OFF@ off = NS / 2; off > 0; off >>= 1) p += @SHUFFLE@;
         if (active && n == 0) y[o] = p + dd * uv;
     }
-    if (active) state_out[((size_t)b * DI + d) * NS + n] = s;
+    if (active && (int)k == K - 1) state_out[((size_t)b * DI + d) * NS + n] = s;
 """
+_CUDA_SPELLING = dict(
+    UINT="int",
+    GID="blockIdx.x * blockDim.x + threadIdx.x",
+    NCH="nb * K * DI",
+    EXP="expf",
+    OFF="int",
+    SHUFFLE="__shfl_xor_sync(0xffffffffu, p, off)",
+)
+_METAL_SPELLING = dict(
+    UINT="uint",
+    GID="thread_position_in_grid.x",
+    NCH="(uint)(nb * K * DI)",
+    EXP="metal::exp",
+    OFF="ushort",
+    SHUFFLE="simd_shuffle_xor(p, off)",
+)
 
 
-def _scan_source(**spell: str) -> str:
-    src = _SCAN_SRC
+def _scan_source(body: str, spell: dict) -> str:
+    src = _SCAN_INDEX + body
     for key, text in spell.items():
         src = src.replace(f"@{key}@", text)
     return src
 
 
-_CUDA_SCAN_SRC = _scan_source(
-    UINT="int",
-    GID="blockIdx.x * blockDim.x + threadIdx.x",
-    NCH="nb * DI",
-    EXP="expf",
-    OFF="int",
-    SHUFFLE="__shfl_xor_sync(0xffffffffu, p, off)",
-)
-_METAL_SCAN_SRC = _scan_source(
-    UINT="uint",
-    GID="thread_position_in_grid.x",
-    NCH="(uint)(nb * DI)",
-    EXP="metal::exp",
-    OFF="ushort",
-    SHUFFLE="simd_shuffle_xor(p, off)",
-)
+_CUDA_SCAN_SRC = _scan_source(_SCAN_SRC, _CUDA_SPELLING)
+_CUDA_SCAN_CHUNK_ENDS = _scan_source(_SCAN_CHUNK_ENDS, _CUDA_SPELLING)
+_METAL_SCAN_SRC = _scan_source(_SCAN_SRC, _METAL_SPELLING)
 _SCAN_KERNEL_IO = dict(
-    input_names=["u", "dt", "A", "Bm", "Cm", "D", "state", "dims"],
+    input_names=["u", "dt", "A", "Bm", "Cm", "D", "state", "s_end", "decay", "dims"],
     output_names=["y", "state_out"],
 )
+SCAN_TIME_CHUNKS = True  # False: the CUDA prompt scan runs sequentially in time (benchmarks)
 
 
-def _launch(kernel, inputs, shape, n: int, shapes):
-    """Launch a scan kernel over [b, T, d] inputs (``shape``), ``dims`` = [b, T] appended as
-    the last input, one thread per (sequence, channel, state); float32 outputs."""
+def _launch(kernel, inputs, shape, n: int, shapes, chunks: int = 1):
+    """Launch a scan kernel over [b, T, d] inputs (``shape``), ``dims`` = [b, T, K, L] (K
+    chunks of L tokens) appended as the last input, one thread per (sequence, chunk, channel,
+    state); float32 outputs."""
     b, T, d = shape
+    L = -(-T // chunks)
+    threads = b * chunks * d * n
     return kernel(
-        inputs=[*inputs, mx.array([b, T], dtype=mx.int32)],
+        inputs=[*inputs, mx.array([b, T, chunks, L], dtype=mx.int32)],
         template=[("DI", d), ("NS", n)],
-        grid=(((b * d * n + 127) // 128) * 128, 1, 1),
+        grid=(((threads + 127) // 128) * 128, 1, 1),
         threadgroup=(128, 1, 1),
         output_shapes=shapes,
         output_dtypes=[mx.float32] * len(shapes),
     )
 
 
-def _run_scan_kernel(kernel, u, dt, A, B, C, D, state):
-    """Launch either backend's kernel (``_SCAN_KERNEL_IO``) over [b, T, d] inputs."""
+def time_chunks(b: int, T: int, d: int, n: int) -> int:
+    """How many chunks in time the CUDA prompt scan cuts a prompt into: enough threads to
+    fill a large GPU (about 2^20: b d n is 81,920 for one sequence of the real model, which
+    leaves most of an H100 idle), chunks of at least 64 tokens, and 1 where a warp would hold
+    lanes of two chunks (d n not a multiple of 32)."""
+    if not SCAN_TIME_CHUNKS or (d * n) % 32:
+        return 1
+    return max(1, min(-(-(1 << 20) // (b * d * n)), T // 64))
+
+
+def _run_scan_kernel(kernel, u, dt, A, B, C, D, state, ends=None, chunks: int = 1):
+    """Launch either backend's kernel (``_SCAN_KERNEL_IO``) over [b, T, d] inputs; ``ends`` =
+    (s_end, decay) of the first pass when ``chunks`` > 1."""
     b, T, d = u.shape
     n = A.shape[1]
     f32 = mx.float32
-    inputs = [u, dt, A, B.astype(f32), C.astype(f32), D.astype(f32), state]
-    return _launch(kernel, inputs, u.shape, n, [(b, T, d), (b, d, n)])
+    s_end, decay = ends if ends is not None else (mx.zeros((1,), f32),) * 2
+    inputs = [u, dt, A, B.astype(f32), C.astype(f32), D.astype(f32), state, s_end, decay]
+    return _launch(kernel, inputs, u.shape, n, [(b, T, d), (b, d, n)], chunks)
 
 
 def ssm_scan_cuda(u, dt, A, B, C, D, state):
-    """Prompt path on MLX's CUDA backend: one thread per channel and state, sequential in
-    time."""
-    y, state = _run_scan_kernel(_cuda_kernel("prompt"), u, dt, A, B, C, D, state)
-    return y, state
+    """Prompt path on MLX's CUDA backend: one thread per chunk in time, channel and state;
+    the chunks' end states and decays first, then every chunk from its carried-in state."""
+    b, T, d = u.shape
+    n = A.shape[1]
+    K = time_chunks(b, T, d, n)
+    ends = None
+    if K > 1:
+        inputs = [u, dt, A, B.astype(mx.float32)]
+        ends = _launch(_cuda_kernel("chunk_ends"), inputs, u.shape, n, [(b, K, d, n)] * 2, K)
+    return tuple(_run_scan_kernel(_cuda_kernel("prompt"), u, dt, A, B, C, D, state, ends, K))
 
 
 # Training on MLX's CUDA backend: the scan with its gradient as two kernels (mx.custom_function),
@@ -380,17 +439,9 @@ def ssm_scan_cuda(u, dt, A, B, C, D, state):
 #   gC_t += gy_t s_t,  gB_t += gs_t dt_t u_t,  g(a_t) = gs_t s_{t-1}  with a_t = exp(dt_t A),
 #   gdt_t = sum_n g(a_t) a_t A + gs_t B_t u_t,  gu_t = sum_n gs_t B_t dt_t,  gA += g(a_t) a_t dt_t,
 # reducing over states with shuffles and over channels (gB, gC) and sequences (gA) after.
-_CUDA_SCAN_PRELUDE = """
-    int gid = blockIdx.x * blockDim.x + threadIdx.x;
-    int nb = dims[0], T = dims[1];
-    int n = gid % NS;
-    int ch = gid / NS;
-    bool active = ch < nb * DI;
-    if (!active) ch = 0;
-    int b = ch / DI, d = ch % DI;
-    size_t bdn = ((size_t)b * DI + d) * NS + n;
-    float a = A[(size_t)d * NS + n];
-"""
+_CUDA_SCAN_PRELUDE = _scan_source(
+    "    size_t bdn = ((size_t)b * DI + d) * NS + n;\n", _CUDA_SPELLING
+)
 _CUDA_SCAN_TRAIN_FWD = (
     _CUDA_SCAN_PRELUDE
     + """
@@ -448,6 +499,12 @@ _CUDA_SCAN_TRAIN_BWD = (
 # which -> (name, input names, output names, source) of the CUDA scan kernels
 _CUDA_KERNELS = {
     "prompt": ("sambay_selective_scan", *_SCAN_KERNEL_IO.values(), _CUDA_SCAN_SRC),
+    "chunk_ends": (
+        "sambay_scan_chunk_ends",
+        ["u", "dt", "A", "Bm", "dims"],
+        ["s_end", "decay"],
+        _CUDA_SCAN_CHUNK_ENDS,
+    ),
     "train_fwd": (
         "sambay_scan_train_fwd",
         ["u", "dt", "A", "Bm", "Cm", "state", "dims"],
@@ -793,8 +850,51 @@ def _combine(o, lam, subln_w, lambda_init: float, eps: float, m: int, g: int):
 
 _pair_queries_step = mx.compile(_pair_queries)
 
-# Sliding-window prompts longer than two windows attend in bands (DiffAttention.attend).
+# Sliding-window prompts longer than two windows attend in bands (DiffAttention.attend):
+# blocks of WINDOW_BLOCK queries, each over the window + block keys its queries can reach.
 BANDED_WINDOW_PREFILL = True
+WINDOW_BLOCK = 256
+
+
+def window_band_attention(q, keys, values, window: int, scale: float, block: int):
+    """Sliding-window attention of T queries over S keys as one attention call over bands.
+
+    The last T keys are the queries' own, in order (the cache's update returns them so), and
+    query i sees keys S-T+i-window+1 .. S-T+i. Each block of ``block`` queries attends to the
+    window + block keys ending at its last query, the blocks stacked along the batch axis, with
+    one band mask for all of them (slots before key 0 are padding, masked). The softmax runs
+    over the same keys as with the whole [T, S] mask, with window + block scores per query
+    instead of S.
+    """
+    b, h, T, _ = q.shape
+    S, dv = keys.shape[2], values.shape[-1]
+    nb = -(-T // block)
+    pad_q = nb * block - T
+    span = window + block
+    o = S - T
+
+    def bands(
+        x,
+    ):  # [b, hk, S, d] -> [b * nb, hk, span, d]: block i reads from key o + i*block - window
+        x = mx.pad(x, [(0, 0), (0, 0), (window, pad_q), (0, 0)])
+        x = mx.stack([x[:, :, o + i * block : o + i * block + span] for i in range(nb)], axis=1)
+        return x.reshape(b * nb, *x.shape[2:])
+
+    if pad_q:
+        q = mx.pad(q, [(0, 0), (0, 0), (0, pad_q), (0, 0)])
+    q = q.reshape(b, h, nb, block, -1).transpose(0, 2, 1, 3, 4).reshape(b * nb, h, block, -1)
+    qi, jj = mx.arange(block)[:, None], mx.arange(span)[None]
+    first = window - o - block * mx.arange(nb)  # a block's first slot holding a real key
+    allowed = (jj > qi) & (jj <= qi + window) & (jj >= first[:, None, None])  # [nb, block, span]
+    mask = mx.where(allowed, mx.array(0, q.dtype), mx.array(-mx.inf, q.dtype))
+    mask = mx.broadcast_to(mask[None, :, None], (b, nb, 1, block, span)).reshape(
+        b * nb, 1, block, span
+    )
+    out = mx.fast.scaled_dot_product_attention(
+        q, bands(keys), bands(values), scale=scale, mask=mask
+    )
+    out = out.reshape(b, nb, h, block, dv).transpose(0, 2, 1, 3, 4).reshape(b, h, nb * block, dv)
+    return out[:, :, :T] if pad_q else out
 
 
 def attention_mask(cache, T: int, window: int | None):
@@ -818,6 +918,13 @@ def attention_mask(cache, T: int, window: int | None):
                 runs.append((start, i, pads[start]))
                 start = i
         return None if len(runs) == 1 and runs[0][2] == 0 else runs
+    if (
+        BANDED_WINDOW_PREFILL
+        and window is not None
+        and T > 2 * window
+        and not isinstance(cache, (BatchKVCache, BatchRotatingKVCache))
+    ):
+        return "window"  # window_band_attention, from the keys the cache returns
     if cache is not None:
         return cache.make_mask(T, window_size=window, return_array=False)
     if T == 1:
@@ -906,11 +1013,12 @@ class DiffAttention(nn.Module):
     def attend(self, q, keys, values, mask):
         """Both softmax branches in one attention call; ``mask`` as from attention_mask.
 
-        A sliding-window prompt longer than two windows with an array mask runs as a band:
-        each block of ``window`` queries attends only to the keys its window can reach (the
-        new keys sit at the end of ``keys`` in order, so query i sees at most keys
-        S-T+i-window+1 .. S-T+i). The softmax runs over the same keys as with the whole mask,
-        with a fraction of the scores (~2 windows per query instead of the whole prompt)."""
+        A sliding-window prompt longer than two windows runs in bands: ``"window"`` (a plain
+        cache) as one call over stacked blocks (window_band_attention); an array mask (a batch
+        cache, whose mask also hides each row's padding) as one call per block of ``window``
+        queries over the keys its window can reach, cut from that mask (the new keys sit at
+        the end of ``keys`` in order, so query i sees at most keys S-T+i-window+1 .. S-T+i).
+        Either way the softmax runs over the same keys as with the whole mask."""
         sdpa = mx.fast.scaled_dot_product_attention
         if isinstance(mask, list):  # runs of rows with equal left padding (attention_mask)
             return mx.concatenate(
@@ -920,6 +1028,8 @@ class DiffAttention(nn.Module):
                 ]
             )
         W, T, S = self.window, q.shape[2], keys.shape[2]
+        if isinstance(mask, str) and mask == "window":  # attention_mask: a plain windowed prompt
+            return window_band_attention(q, keys, values, W, self.scale, WINDOW_BLOCK)
         if BANDED_WINDOW_PREFILL and W and isinstance(mask, mx.array) and T > 2 * W:
             out = []
             for s in range(0, T, W):

@@ -92,8 +92,14 @@ def random_scan(T: int, d: int, n: int, seed: int):
     return u, dt, A, B, C, D, mx.random.normal((2, d, n)) * 0.1
 
 
-@pytest.mark.parametrize("T, d, n", [(1, 64, 16), (37, 256, 16), (2048, 5120, 16), (300, 96, 8)])
+@pytest.mark.parametrize(
+    "T, d, n",
+    [(1, 64, 16), (37, 256, 16), (2048, 5120, 16), (300, 96, 8), (1000, 64, 16), (130, 18, 8)],
+)
 def test_cuda_scan_kernel_matches_the_chunked_scan(T, d, n):
+    """In time chunks ((2048, 5120): 7 chunks for two sequences; (1000, 64): 15 chunks, the
+    last one shorter) and in one sequential pass ((37, 256): too short; (130, 18, 8): d n not
+    a multiple of 32)."""
     u, dt, A, B, C, D, s0 = random_scan(T, d, n, seed=T + d)
     yk, sk = model_mod.ssm_scan_cuda(u, dt, A, B, C, D, s0)
     yc, sc = model_mod.ssm_scan_chunked(u, dt, A, B, C, D, s0)

@@ -23,11 +23,11 @@ def reference_kernel(calls, offset=0.0):
     """A stand-in for the compiled kernel: checks the launch, then scans token by token."""
 
     def kernel(*, inputs, template, grid, threadgroup, output_shapes, output_dtypes):
-        u, dt, A, B, C, D, state, dims = inputs
+        u, dt, A, B, C, D, state, _s_end, _decay, dims = inputs
         b, T, d = u.shape
         n = A.shape[1]
         assert dict(template) == {"DI": d, "NS": n}
-        assert dims.tolist() == [b, T]
+        assert dims.tolist() == [b, T, 1, T]  # one chunk in time: the sequential scan
         assert 32 % n == 0 and threadgroup[0] % 32 == 0  # a channel's lanes in one SIMD group
         assert grid[0] >= b * d * n and grid[0] % threadgroup[0] == 0
         assert output_shapes == [(b, T, d), (b, d, n)]
@@ -266,7 +266,7 @@ def _reference_train_kernel(which: str):
 
     def kernel(inputs, template, grid, threadgroup, output_shapes, output_dtypes):
         x = [np.array(v) for v in inputs]
-        b, T = x[-1]
+        b, T = x[-1][:2]
         assert dict(template) == {"DI": x[0].shape[2], "NS": x[2].shape[1]}
         assert grid[0] >= b * x[0].shape[2] * x[2].shape[1] and threadgroup == (128, 1, 1)
         u, dt, A, B, C, s0 = x[:6]
@@ -315,3 +315,62 @@ def test_training_scan_wiring_matches_autodiff_of_the_chunked_scan(monkeypatch):
     np.testing.assert_allclose(lk.item(), lc.item(), rtol=1e-5)
     for got, want in zip(gk, gc):
         np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=1e-4)
+
+
+def _reference_prompt_kernel(which: str):
+    """The CUDA prompt kernels' math in numpy (``chunk_ends``: each time chunk scanned from a
+    zero state, its end state and decay; ``prompt``: each chunk from the state carried through
+    the chunks before it), called with the inputs, dims and grid the model hands the kernels."""
+
+    def kernel(inputs, template, grid, threadgroup, output_shapes, output_dtypes):
+        x = [np.array(v) for v in inputs]
+        b, T, K, L = (int(v) for v in x[-1])
+        u, dt, A, B = x[:4]
+        d, n = A.shape
+        assert dict(template) == {"DI": d, "NS": n} and L == -(-T // K)
+        assert grid[0] >= b * K * d * n and (K == 1 or (d * n) % 32 == 0)
+        a = np.exp(dt[..., None] * A)
+        dbu = (dt * u)[..., None] * B[:, :, None, :]
+        if which == "chunk_ends":
+            s_end, decay = np.zeros((b, K, d, n)), np.ones((b, K, d, n))
+            for k in range(K):
+                for t in range(k * L, min(T, (k + 1) * L)):
+                    s_end[:, k] = a[:, t] * s_end[:, k] + dbu[:, t]
+                    decay[:, k] *= a[:, t]
+            out = [s_end, decay]
+        else:
+            C, D, s0, s_end, decay = x[4:9]
+            y, last = np.empty((b, T, d)), None
+            for k in range(K):
+                s = s0
+                for j in range(k):
+                    s = decay[:, j] * s + s_end[:, j]
+                for t in range(k * L, min(T, (k + 1) * L)):
+                    s = a[:, t] * s + dbu[:, t]
+                    y[:, t] = (s * C[:, t, None, :]).sum(-1) + D * u[:, t]
+                last = s
+            out = [y, last]
+        assert [o.shape for o in out] == [tuple(s) for s in output_shapes]
+        return [mx.array(o.astype(np.float32)) for o in out]
+
+    return kernel
+
+
+@pytest.mark.parametrize("b, T, d, n", [(1, 300, 8, 4), (2, 200, 16, 4), (2, 37, 24, 16)])
+def test_cuda_prompt_scan_wiring_in_time_chunks_equals_the_chunked_scan(monkeypatch, b, T, d, n):
+    """ssm_scan_cuda with its two kernels replaced by their math in numpy: cut into time
+    chunks (two passes) where d n is a multiple of 32, else one sequential pass, the outputs
+    and last state equal the portable scan's (the CUDA sources run in tests/test_gpu.py)."""
+    monkeypatch.setattr(model_mod, "_cuda_kernel", _reference_prompt_kernel)
+    args = scan_inputs(b=b, T=T, d=d, n=n, seed=T)
+    yk, sk = model_mod.ssm_scan_cuda(*args)
+    yc, sc = model_mod.ssm_scan_chunked(*args)
+    np.testing.assert_allclose(np.array(yk), np.array(yc), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.array(sk), np.array(sc), rtol=1e-4, atol=1e-4)
+
+
+def test_time_chunks_fill_the_gpu_and_keep_a_warp_in_one_chunk():
+    assert model_mod.time_chunks(1, 2048, 5120, 16) == 13  # 13 * 81,920 threads >= 2^20
+    assert model_mod.time_chunks(1, 100, 5120, 16) == 1  # chunks of at least 64 tokens
+    assert model_mod.time_chunks(2, 300, 8, 4) == 4  # T // 64
+    assert model_mod.time_chunks(1, 4096, 24, 1) == 1  # d n = 24: a warp would straddle

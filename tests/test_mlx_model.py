@@ -8,7 +8,15 @@ import pytest
 from conftest import REAL_CONFIG
 from mlx.utils import tree_flatten
 
-from phiflash_mlx.model import Model, ModelArgs, ssm_scan_chunked, ssm_step
+from mlx_lm.models.base import create_causal_mask
+
+from phiflash_mlx.model import (
+    Model,
+    ModelArgs,
+    ssm_scan_chunked,
+    ssm_step,
+    window_band_attention,
+)
 
 
 def rel_err(a, b):
@@ -185,3 +193,21 @@ def test_swa_window_across_chunk_boundaries(tiny_fp32, golden, split):
     prompt = golden["prompt_ids"]
     got = run_chunks(model, prompt, [0, split, len(prompt)])[-1]
     assert rel_err(got, golden["logits_prefill"][-1]) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "T, S, window, block", [(100, 100, 16, 8), (100, 115, 16, 16), (70, 101, 32, 24), (9, 9, 4, 4)]
+)
+def test_window_band_attention_equals_the_whole_window_mask(T, S, window, block):
+    """The banded prompt attention (blocks stacked along the batch axis, one band mask) gives
+    what one attention call with the whole [T, S] sliding-window mask gives: first chunks
+    (S = T, padded slots before key 0) and later ones (S - T earlier keys), blocks that do
+    not divide T, paired query rows (GQA)."""
+    mx.random.seed(T + S)
+    q = mx.random.normal((2, 6, T, 8))
+    k, v = mx.random.normal((2, 3, S, 8)), mx.random.normal((2, 3, S, 8))
+    mask = create_causal_mask(T, S - T, window_size=window)
+    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
+    got = window_band_attention(q, k, v, window, 0.3, block)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)
