@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from conftest import REAL_CONFIG
 from mlx.utils import tree_flatten
-
 from mlx_lm.models.base import create_causal_mask
 
 from phiflash_mlx.model import (
