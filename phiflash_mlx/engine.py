@@ -52,7 +52,8 @@ class MLXEngine:
     @property
     def backend_note(self) -> str:
         """What `generate --verbose` prints after the stats: the BLAS in use and, once a
-        prompt has run on a Metal device, whether the Metal scan kernel was turned off."""
+        prompt has run on a GPU, whether a scan kernel's self-check turned it off (the Metal
+        kernel, or the CUDA scan's time chunks)."""
         from phiflash_mlx.model import metal_scan_note
 
         note = metal_scan_note()

@@ -418,17 +418,27 @@ def _run_scan_kernel(kernel, u, dt, A, B, C, D, state, ends=None, chunks: int = 
     return _launch(kernel, inputs, u.shape, n, [(b, T, d), (b, d, n)], chunks)
 
 
-def ssm_scan_cuda(u, dt, A, B, C, D, state):
-    """Prompt path on MLX's CUDA backend: one thread per chunk in time, channel and state;
-    the chunks' end states and decays first, then every chunk from its carried-in state."""
+def _cuda_scan(u, dt, A, B, C, D, state, K: int):
+    """The CUDA prompt scan in K chunks in time: the chunks' end states and decays first (K >
+    1), then every chunk from its carried-in state."""
     b, T, d = u.shape
     n = A.shape[1]
-    K = time_chunks(b, T, d, n)
     ends = None
     if K > 1:
         inputs = [u, dt, A, B.astype(mx.float32)]
         ends = _launch(_cuda_kernel("chunk_ends"), inputs, u.shape, n, [(b, K, d, n)] * 2, K)
     return tuple(_run_scan_kernel(_cuda_kernel("prompt"), u, dt, A, B, C, D, state, ends, K))
+
+
+def ssm_scan_cuda(u, dt, A, B, C, D, state):
+    """Prompt path on MLX's CUDA backend: one thread per chunk in time, channel and state
+    (time_chunks), once the chunked kernels have passed their self-check in this process;
+    else one pass sequential in time."""
+    b, T, d = u.shape
+    K = time_chunks(b, T, d, A.shape[1])
+    if K > 1 and not time_chunks_ready(u, dt, A, B, C, D, state):
+        K = 1
+    return _cuda_scan(u, dt, A, B, C, D, state, K)
 
 
 # Training on MLX's CUDA backend: the scan with its gradient as two kernels (mx.custom_function),
@@ -571,7 +581,7 @@ def ssm_scan_cuda_train(u, dt, A, B, C, D, state):
 # a runtime error or a mismatch turns the kernel off for the process and logs one warning
 # (metal_scan_note() says which), and the portable scan serves every prompt.
 
-METAL_CHECK_TOL = 1e-3  # max |kernel - portable| / max |portable| on the check slice
+SCAN_CHECK_TOL = 1e-3  # max |kernel - portable| / max |portable| on the check slice
 _metal = {"kernel": None, "ok": None, "note": None}  # ok: None = not checked yet
 _log = logging.getLogger(__name__)
 
@@ -592,14 +602,37 @@ def ssm_scan_metal(u, dt, A, B, C, D, state):
 
 
 def metal_scan_note() -> str | None:
-    """Why the Metal kernel is off in this process (None while it is on or unchecked)."""
-    return _metal["note"]
+    """Why a scan kernel is off in this process (None while the kernels are on or unchecked):
+    the Metal kernel, or the CUDA prompt scan's time chunks."""
+    return _metal["note"] or _chunks["note"]
 
 
-def _metal_off(why: str) -> bool:
-    _metal["ok"] = False
-    _metal["note"] = f"Metal selective-scan kernel off ({why}); using the portable scan"
-    _log.warning(_metal["note"])
+def _check_slice(args, T: int, d: int):
+    """The first sequence, T tokens and d channels of a scan's inputs."""
+    u, dt, A, B, C, D, state = args
+    T, d = min(u.shape[1], T), min(u.shape[2], d)
+    return u[:1, :T, :d], dt[:1, :T, :d], A[:d], B[:1, :T], C[:1, :T], D[:d], state[:1, :d]
+
+
+def _self_check_failure(scan, sl) -> str | None:
+    """Why ``scan`` does not give the portable scan's outputs on the inputs ``sl`` (a compile
+    or launch error, or a mismatch above SCAN_CHECK_TOL), or None when it does."""
+    try:
+        yk, sk = scan(*sl)
+        yp, sp = ssm_scan_chunked(*sl)
+        mx.eval(yk, sk, yp, sp)
+        scale = max(mx.abs(yp).max().item(), mx.abs(sp).max().item(), 1e-6)
+        err = max(mx.abs(yk - yp).max().item(), mx.abs(sk - sp).max().item()) / scale
+    except Exception as e:  # a compile or launch error: any of them means "off"
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if not err <= SCAN_CHECK_TOL:  # also catches NaN
+        return f"mismatch {err:.2g} against the portable scan on its self-check"
+    return None
+
+
+def _turn_off(state: dict, note: str) -> bool:
+    state["ok"], state["note"] = False, note
+    _log.warning(note)
     return False
 
 
@@ -607,27 +640,33 @@ def metal_scan_ready(u, dt, A, B, C, D, state) -> bool:
     """True once the kernel has matched the portable scan on a slice of the first prompt."""
     if _metal["ok"] is not None:
         return _metal["ok"]
-    T, d = min(u.shape[1], 64), min(u.shape[2], 64)
-    sl = (
-        u[:1, :T, :d],
-        dt[:1, :T, :d],
-        A[:d],
-        B[:1, :T],
-        C[:1, :T],
-        D[:d],
-        state[:1, :d],
-    )
-    try:
-        yk, sk = ssm_scan_metal(*sl)
-        yp, sp = ssm_scan_chunked(*sl)
-        mx.eval(yk, sk, yp, sp)
-        scale = max(mx.abs(yp).max().item(), mx.abs(sp).max().item(), 1e-6)
-        err = max(mx.abs(yk - yp).max().item(), mx.abs(sk - sp).max().item()) / scale
-    except Exception as e:  # a compile or launch error: any of them means "off"
-        return _metal_off(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    if not err <= METAL_CHECK_TOL:  # also catches NaN
-        return _metal_off(f"mismatch {err:.2g} against the portable scan on its self-check")
+    why = _self_check_failure(ssm_scan_metal, _check_slice((u, dt, A, B, C, D, state), 64, 64))
+    if why:
+        return _turn_off(
+            _metal, f"Metal selective-scan kernel off ({why}); using the portable scan"
+        )
     _metal["ok"] = True
+    return True
+
+
+# The CUDA prompt scan's time chunks check themselves once per process, as the Metal kernel
+# does: the first prompt long enough to be cut runs 256 tokens x 64 channels of itself in 4
+# chunks and compares with the portable scan; on an error or a mismatch every prompt scans in
+# one pass sequential in time, and generate --verbose says so.
+_chunks = {"ok": None, "note": None}
+
+
+def time_chunks_ready(u, dt, A, B, C, D, state) -> bool:
+    """True once the time-chunked CUDA kernels have matched the portable scan."""
+    if _chunks["ok"] is not None:
+        return _chunks["ok"]
+    sl = _check_slice((u, dt, A, B, C, D, state), 256, 64)
+    K = time_chunks(1, sl[0].shape[1], sl[0].shape[2], A.shape[1])
+    why = _self_check_failure(lambda *a: _cuda_scan(*a, K), sl)
+    if why:
+        note = f"CUDA scan's time chunks off ({why}); scanning in one pass"
+        return _turn_off(_chunks, note)
+    _chunks["ok"] = True
     return True
 
 

@@ -374,3 +374,52 @@ def test_time_chunks_fill_the_gpu_and_keep_a_warp_in_one_chunk():
     assert model_mod.time_chunks(1, 100, 5120, 16) == 1  # chunks of at least 64 tokens
     assert model_mod.time_chunks(2, 300, 8, 4) == 4  # T // 64
     assert model_mod.time_chunks(1, 4096, 24, 1) == 1  # d n = 24: a warp would straddle
+
+
+@pytest.fixture
+def cuda_chunks(monkeypatch):
+    """Simulated CUDA backend whose prompt kernels are their numpy math; ``broken`` names a
+    kernel that fails at launch or gives wrong numbers. Returns the kernels' launches."""
+    sim = {"broken": None, "launches": []}
+
+    def kernel(which):
+        ref = _reference_prompt_kernel(which)
+
+        def run(**kw):
+            sim["launches"].append((which, [int(v) for v in kw["inputs"][-1]]))
+            if sim["broken"] == ("raise", which):
+                raise RuntimeError("[cuda] nvrtc: error: identifier undefined\nmore")
+            out = ref(**kw)
+            return [o + 1.0 for o in out] if sim["broken"] == ("wrong", which) else out
+
+        return run
+
+    monkeypatch.setattr(model_mod, "_chunks", {"ok": None, "note": None})
+    monkeypatch.setattr(model_mod, "_cuda_kernel", kernel)
+    return sim
+
+
+def test_time_chunks_check_themselves_once_then_run(cuda_chunks, caplog):
+    args = scan_inputs(b=1, T=300, d=8, n=4)
+    for _ in range(2):
+        y, s = model_mod.ssm_scan_cuda(*args)
+        assert_portable((y, s), args)
+    checks = [dims for which, dims in cuda_chunks["launches"] if which == "chunk_ends"]
+    assert checks == [[1, 256, 4, 64], [1, 300, 4, 75], [1, 300, 4, 75]]  # check, then prompts
+    assert model_mod.metal_scan_note() is None and not caplog.records
+
+
+@pytest.mark.parametrize("broken, why", [("raise", "RuntimeError"), ("wrong", "mismatch")])
+def test_failing_time_chunks_fall_back_to_one_pass_and_say_so(cuda_chunks, caplog, broken, why):
+    """The first pass fails at launch or gives wrong end states: every prompt then scans in
+    one pass sequential in time (right), and the note is logged once."""
+    cuda_chunks["broken"] = (broken, "chunk_ends")
+    args = scan_inputs(b=1, T=300, d=8, n=4)
+    with caplog.at_level(logging.WARNING):
+        y, s = model_mod.ssm_scan_cuda(*args)
+        model_mod.ssm_scan_cuda(*args)
+    assert_portable((y, s), args)
+    note = model_mod.metal_scan_note()
+    assert note.startswith("CUDA scan's time chunks off (") and why in note
+    assert [r.getMessage() for r in caplog.records] == [note]  # said once
+    assert cuda_chunks["launches"][-1] == ("prompt", [1, 300, 1, 300])  # one pass in time
