@@ -890,9 +890,8 @@ def _combine(o, lam, subln_w, lambda_init: float, eps: float, m: int, g: int):
 _pair_queries_step = mx.compile(_pair_queries)
 
 # Sliding-window prompts longer than two windows attend in bands (DiffAttention.attend):
-# blocks of WINDOW_BLOCK queries, each over the window + block keys its queries can reach.
+# blocks of half a window of queries, each over the window + block keys its queries can reach.
 BANDED_WINDOW_PREFILL = True
-WINDOW_BLOCK = 256
 
 
 def window_band_attention(q, keys, values, window: int, scale: float, block: int):
@@ -1068,7 +1067,7 @@ class DiffAttention(nn.Module):
             )
         W, T, S = self.window, q.shape[2], keys.shape[2]
         if isinstance(mask, str) and mask == "window":  # attention_mask: a plain windowed prompt
-            return window_band_attention(q, keys, values, W, self.scale, WINDOW_BLOCK)
+            return window_band_attention(q, keys, values, W, self.scale, max(1, W // 2))
         if BANDED_WINDOW_PREFILL and W and isinstance(mask, mx.array) and T > 2 * W:
             out = []
             for s in range(0, T, W):
