@@ -911,9 +911,8 @@ def window_band_attention(q, keys, values, window: int, scale: float, block: int
     span = window + block
     o = S - T
 
-    def bands(
-        x,
-    ):  # [b, hk, S, d] -> [b * nb, hk, span, d]: block i reads from key o + i*block - window
+    def bands(x):
+        """[b, hk, S, d] -> [b * nb, hk, span, d]: block i reads from key o + i*block - window."""
         x = mx.pad(x, [(0, 0), (0, 0), (window, pad_q), (0, 0)])
         x = mx.stack([x[:, :, o + i * block : o + i * block + span] for i in range(nb)], axis=1)
         return x.reshape(b * nb, *x.shape[2:])
