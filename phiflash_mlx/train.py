@@ -81,7 +81,8 @@ TINY_MODEL = dict(
     num_key_value_heads=2,
     sliding_window=16,
 )
-DEFAULT_TOKENIZER = Path(__file__).resolve().parent.parent / "weights" / "phiflash-tutor"
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TOKENIZER = REPO / "weights" / "phiflash-tutor"
 
 
 @dataclass
@@ -507,8 +508,21 @@ def save_checkpoint(path, model: Model, optimizer, step: int, cfg: TrainConfig, 
     os.replace(path / "optimizer.tmp.safetensors", path / "optimizer.safetensors")
     _write_json(
         path / "state.json",
-        {"step": step, "config": dataclasses.asdict(cfg), **(extra or {})},
+        {"step": step, "config": config_record(cfg), **(extra or {})},
     )
+
+
+def config_record(cfg: TrainConfig) -> dict:
+    """The config as logs and checkpoints record it: a path inside the repository relative to
+    it (the default tokenizer is one), so a committed log names no directory of the machine
+    that trained."""
+    rec = dataclasses.asdict(cfg)
+    for key, value in rec.items():
+        if isinstance(value, str) and os.path.isabs(value):
+            path = Path(value).resolve()
+            if path.is_relative_to(REPO):
+                rec[key] = str(path.relative_to(REPO))
+    return rec
 
 
 def load_checkpoint(path, model: Model, optimizer) -> dict:
@@ -636,7 +650,7 @@ def train(cfg: TrainConfig) -> dict:
             "step": start,
             "params": n_params,
             "device": str(mx.default_device()),
-            "config": dataclasses.asdict(cfg),
+            "config": config_record(cfg),
         },
     )
     data = DataStream(cfg, start)

@@ -77,6 +77,9 @@ def test_loss_decreases(tmp_path):
     losses = [x["loss"] for x in _log(tmp_path / "run") if "loss" in x and "event" not in x]
     assert len(losses) == 16
     assert np.mean(losses[-3:]) < losses[0] - 1.0
+    start = next(x for x in _log(tmp_path / "run") if x.get("event") == "start")
+    assert start["config"]["tokenizer"] == "weights/phiflash-tutor"  # the default, repo-relative
+    assert start["config"]["out_dir"] == cfg.out_dir  # outside the repository: as given
 
 
 def test_checkpoint_resume_matches_uninterrupted(tmp_path):
