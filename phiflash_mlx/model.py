@@ -12,9 +12,9 @@
 # no quantized form, and mlx_lm.server never batches such requests.
 # Speed paths: one-token decode steps run as compiled functions per layer (the uncompiled path
 # stays: Model.set_compiled_decode(False), and padded Mamba steps use it); prompts scan with a
-# CUDA kernel, a self-checking Metal kernel (untested on Apple hardware), numpy on the CPU, or
-# the portable chunked scan; training on CUDA scans through a forward/backward kernel pair;
-# sliding-window prompts attend in bands.
+# CUDA kernel in chunks in time (self-checking), a self-checking Metal kernel (untested on
+# Apple hardware), numpy on the CPU, or the portable chunked scan; training on CUDA scans
+# through a forward/backward kernel pair; sliding-window prompts attend in bands.
 
 import logging
 import math
