@@ -338,7 +338,7 @@ _SCAN_SRC = """
         size_t o = ((size_t)b * T + t) * DI + d;
         size_t on = ((size_t)b * T + t) * NS + n;
         float dtv = dt[o], uv = u[o];
-        s = @EXP@(dtv * a) * s + dtv * uv * Bm[on];
+        s = @EXP@(dtv * a) * s + dtv * uv * Bm[on];@KEEP@
         float p = s * Cm[on];
         for (@OFF@ off = NS / 2; off > 0; off >>= 1) p += @SHUFFLE@;
         if (active && n == 0) y[o] = p + dd * uv;
@@ -370,9 +370,9 @@ def _scan_source(body: str, spell: dict) -> str:
     return src
 
 
-_CUDA_SCAN_SRC = _scan_source(_SCAN_SRC, _CUDA_SPELLING)
+_CUDA_SCAN_SRC = _scan_source(_SCAN_SRC, _CUDA_SPELLING | {"KEEP": ""})
 _CUDA_SCAN_CHUNK_ENDS = _scan_source(_SCAN_CHUNK_ENDS, _CUDA_SPELLING)
-_METAL_SCAN_SRC = _scan_source(_SCAN_SRC, _METAL_SPELLING)
+_METAL_SCAN_SRC = _scan_source(_SCAN_SRC, _METAL_SPELLING | {"KEEP": ""})
 _SCAN_KERNEL_IO = dict(
     input_names=["u", "dt", "A", "Bm", "Cm", "D", "state", "s_end", "decay", "dims"],
     output_names=["y", "state_out"],
@@ -443,8 +443,9 @@ def ssm_scan_cuda(u, dt, A, B, C, D, state):
 
 # Training on MLX's CUDA backend: the scan with its gradient as two kernels (mx.custom_function),
 # where autodiff through the chunked scan spends about four fifths of a training step. The
-# forward kernel is the prompt kernel without D that also keeps every state [b, T, d, n]; the
-# backward kernel walks time in reverse, one thread per (sequence, channel, state), with
+# forward kernel is the prompt kernel's source, run with D = 0 in one pass, that also keeps
+# every state [b, T, d, n]; the backward kernel walks time in reverse, one thread per
+# (sequence, channel, state), with
 #   gs_t = gy_t C_t + exp(dt_{t+1} A) gs_{t+1}   (the gradient reaching s_t)
 #   gC_t += gy_t s_t,  gB_t += gs_t dt_t u_t,  g(a_t) = gs_t s_{t-1}  with a_t = exp(dt_t A),
 #   gdt_t = sum_n g(a_t) a_t A + gs_t B_t u_t,  gu_t = sum_n gs_t B_t dt_t,  gA += g(a_t) a_t dt_t,
@@ -452,22 +453,8 @@ def ssm_scan_cuda(u, dt, A, B, C, D, state):
 _CUDA_SCAN_PRELUDE = _scan_source(
     "    size_t bdn = ((size_t)b * DI + d) * NS + n;\n", _CUDA_SPELLING
 )
-_CUDA_SCAN_TRAIN_FWD = (
-    _CUDA_SCAN_PRELUDE
-    + """
-    float s = state[bdn];
-    for (int t = 0; t < T; ++t) {
-        size_t o = ((size_t)b * T + t) * DI + d;
-        size_t on = ((size_t)b * T + t) * NS + n;
-        float dtv = dt[o];
-        s = expf(dtv * a) * s + dtv * u[o] * Bm[on];
-        if (active) states[o * NS + n] = s;
-        float p = s * Cm[on];
-        for (int off = NS / 2; off > 0; off >>= 1) p += __shfl_xor_sync(0xffffffffu, p, off);
-        if (active && n == 0) y[o] = p;
-    }
-    if (active) state_out[bdn] = s;
-"""
+_CUDA_SCAN_TRAIN_FWD = _scan_source(
+    _SCAN_SRC, _CUDA_SPELLING | {"KEEP": "\n        if (active) states[o * NS + n] = s;"}
 )
 _CUDA_SCAN_TRAIN_BWD = (
     _CUDA_SCAN_PRELUDE
@@ -517,8 +504,8 @@ _CUDA_KERNELS = {
     ),
     "train_fwd": (
         "sambay_scan_train_fwd",
-        ["u", "dt", "A", "Bm", "Cm", "state", "dims"],
-        ["y", "state_out", "states"],
+        _SCAN_KERNEL_IO["input_names"],
+        [*_SCAN_KERNEL_IO["output_names"], "states"],
         _CUDA_SCAN_TRAIN_FWD,
     ),
     "train_bwd": (
@@ -548,8 +535,10 @@ def _scan_train(u, dt, A, B, C, state):
     for the backward kernel."""
     b, T, d = u.shape
     n = A.shape[1]
+    no_d, no_ends = mx.zeros((d,), mx.float32), mx.zeros((1,), mx.float32)
+    inputs = [u, dt, A, B, C, no_d, state, no_ends, no_ends]  # D = 0, one pass in time
     shapes = [(b, T, d), (b, d, n), (b, T, d, n)]
-    return tuple(_launch(_cuda_kernel("train_fwd"), [u, dt, A, B, C, state], u.shape, n, shapes))
+    return tuple(_launch(_cuda_kernel("train_fwd"), inputs, u.shape, n, shapes))
 
 
 @_scan_train.vjp
