@@ -364,15 +364,17 @@ _METAL_SPELLING = dict(
 
 
 def _scan_source(body: str, spell: dict) -> str:
+    """The index prelude and ``body`` in one backend's spelling; @KEEP@ (after each state
+    update) is empty unless ``spell`` fills it."""
     src = _SCAN_INDEX + body
-    for key, text in spell.items():
+    for key, text in ({"KEEP": ""} | spell).items():
         src = src.replace(f"@{key}@", text)
     return src
 
 
-_CUDA_SCAN_SRC = _scan_source(_SCAN_SRC, _CUDA_SPELLING | {"KEEP": ""})
+_CUDA_SCAN_SRC = _scan_source(_SCAN_SRC, _CUDA_SPELLING)
 _CUDA_SCAN_CHUNK_ENDS = _scan_source(_SCAN_CHUNK_ENDS, _CUDA_SPELLING)
-_METAL_SCAN_SRC = _scan_source(_SCAN_SRC, _METAL_SPELLING | {"KEEP": ""})
+_METAL_SCAN_SRC = _scan_source(_SCAN_SRC, _METAL_SPELLING)
 _SCAN_KERNEL_IO = dict(
     input_names=["u", "dt", "A", "Bm", "Cm", "D", "state", "s_end", "decay", "dims"],
     output_names=["y", "state_out"],
@@ -407,15 +409,17 @@ def time_chunks(b: int, T: int, d: int, n: int) -> int:
     return max(1, min(-(-(1 << 20) // (b * d * n)), T // 64))
 
 
-def _run_scan_kernel(kernel, u, dt, A, B, C, D, state, ends=None, chunks: int = 1):
-    """Launch either backend's kernel (``_SCAN_KERNEL_IO``) over [b, T, d] inputs; ``ends`` =
-    (s_end, decay) of the first pass when ``chunks`` > 1."""
+def _run_scan_kernel(kernel, u, dt, A, B, C, D, state, ends=None, chunks: int = 1, states=False):
+    """Launch a kernel of ``_SCAN_KERNEL_IO``'s inputs over [b, T, d] inputs; ``ends`` =
+    (s_end, decay) of the first pass when ``chunks`` > 1; ``states``: a third output keeps
+    every state [b, T, d, n] (the training forward kernel)."""
     b, T, d = u.shape
     n = A.shape[1]
     f32 = mx.float32
     s_end, decay = ends if ends is not None else (mx.zeros((1,), f32),) * 2
     inputs = [u, dt, A, B.astype(f32), C.astype(f32), D.astype(f32), state, s_end, decay]
-    return _launch(kernel, inputs, u.shape, n, [(b, T, d), (b, d, n)], chunks)
+    shapes = [(b, T, d), (b, d, n)] + ([(b, T, d, n)] if states else [])
+    return _launch(kernel, inputs, u.shape, n, shapes, chunks)
 
 
 def _cuda_scan(u, dt, A, B, C, D, state, K: int):
@@ -450,15 +454,12 @@ def ssm_scan_cuda(u, dt, A, B, C, D, state):
 #   gC_t += gy_t s_t,  gB_t += gs_t dt_t u_t,  g(a_t) = gs_t s_{t-1}  with a_t = exp(dt_t A),
 #   gdt_t = sum_n g(a_t) a_t A + gs_t B_t u_t,  gu_t = sum_n gs_t B_t dt_t,  gA += g(a_t) a_t dt_t,
 # reducing over states with shuffles and over channels (gB, gC) and sequences (gA) after.
-_CUDA_SCAN_PRELUDE = _scan_source(
-    "    size_t bdn = ((size_t)b * DI + d) * NS + n;\n", _CUDA_SPELLING
-)
 _CUDA_SCAN_TRAIN_FWD = _scan_source(
     _SCAN_SRC, _CUDA_SPELLING | {"KEEP": "\n        if (active) states[o * NS + n] = s;"}
 )
-_CUDA_SCAN_TRAIN_BWD = (
-    _CUDA_SCAN_PRELUDE
-    + """
+_CUDA_SCAN_TRAIN_BWD = _scan_source(
+    """
+    size_t bdn = ((size_t)b * DI + d) * NS + n;
     float gs = gstate_out[bdn];
     float ga_sum = 0.0f;
     for (int t = T - 1; t >= 0; --t) {
@@ -491,7 +492,8 @@ _CUDA_SCAN_TRAIN_BWD = (
         gstate_in[bdn] = gs;
         gA_part[bdn] = ga_sum;
     }
-"""
+""",
+    _CUDA_SPELLING,
 )
 # which -> (name, input names, output names, source) of the CUDA scan kernels
 _CUDA_KERNELS = {
@@ -533,12 +535,9 @@ def _cuda_kernel(which: str):
 def _scan_train(u, dt, A, B, C, state):
     """y_t = s_t . C_t (no D term) and the last state; the third output keeps every state
     for the backward kernel."""
-    b, T, d = u.shape
-    n = A.shape[1]
-    no_d, no_ends = mx.zeros((d,), mx.float32), mx.zeros((1,), mx.float32)
-    inputs = [u, dt, A, B, C, no_d, state, no_ends, no_ends]  # D = 0, one pass in time
-    shapes = [(b, T, d), (b, d, n), (b, T, d, n)]
-    return tuple(_launch(_cuda_kernel("train_fwd"), inputs, u.shape, n, shapes))
+    no_d = mx.zeros((u.shape[2],), mx.float32)
+    kernel = _cuda_kernel("train_fwd")
+    return tuple(_run_scan_kernel(kernel, u, dt, A, B, C, no_d, state, states=True))
 
 
 @_scan_train.vjp
