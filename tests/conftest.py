@@ -14,6 +14,22 @@ TINY = FIXTURES / "sambay-tiny"
 REAL_CONFIG = FIXTURES / "real-config"
 
 
+def scan_inputs(b=2, T=40, d=24, n=16, seed=0):
+    """Random u, dt, A, B, C, D and incoming state of a selective scan (seeded)."""
+    import mlx.core as mx
+
+    mx.random.seed(seed)
+    return (
+        mx.random.normal((b, T, d)),
+        mx.random.uniform(0.0, 0.3, (b, T, d)),
+        -mx.exp(mx.random.normal((d, n))),
+        mx.random.normal((b, T, n)),
+        mx.random.normal((b, T, n)),
+        mx.random.normal((d,)),
+        mx.random.normal((b, d, n)),
+    )
+
+
 @pytest.fixture(scope="session")
 def golden():
     import numpy as np

@@ -17,6 +17,7 @@ import subprocess
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import scan_inputs
 from cuda_emu_util import GXX, kernel_function
 from cuda_emu_util import kernel as emulated
 
@@ -38,19 +39,6 @@ def test_cuda_kernel_source_compiles(tmp_path, which):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def scan_args(b, T, d, n, seed=0):
-    mx.random.seed(seed)
-    return (
-        mx.random.normal((b, T, d)),
-        mx.random.uniform(0.0, 0.3, (b, T, d)),
-        -mx.exp(mx.random.normal((d, n))),
-        mx.random.normal((b, T, n)),
-        mx.random.normal((b, T, n)),
-        mx.random.normal((d,)),
-        mx.random.normal((b, d, n)),
-    )
-
-
 def assert_portable(out, args):
     for got, want in zip(out, model_mod.ssm_scan_chunked(*args)):
         np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=1e-4)
@@ -67,7 +55,7 @@ def test_cuda_prompt_scan_runs_right_on_the_warp_emulator(monkeypatch, b, T, d, 
     a warp holds lanes of several channels), equal to the portable scan."""
     monkeypatch.setattr(model_mod, "_cuda_kernel", emulated)
     monkeypatch.setattr(model_mod, "_chunks", {"ok": None, "note": None})
-    args = scan_args(b, T, d, n, seed=T)
+    args = scan_inputs(b, T, d, n, seed=T)
     assert model_mod.time_chunks(b, T, d, n) == chunks
     assert_portable(model_mod.ssm_scan_cuda(*args), args)
     assert model_mod._chunks["ok"] is (True if chunks > 1 else None)  # checked only when cut
@@ -79,7 +67,7 @@ def test_cuda_training_scan_runs_right_on_the_warp_emulator(monkeypatch):
     """ssm_scan_cuda_train with the real forward and backward kernel sources: the outputs and
     every input's gradient equal autodiff through the portable scan."""
     monkeypatch.setattr(model_mod, "_cuda_kernel", emulated)
-    args = scan_args(2, 23, 8, 4, seed=3)
+    args = scan_inputs(2, 23, 8, 4, seed=3)
     w = mx.random.normal((2, 23, 8)), mx.random.normal((2, 8, 4))
 
     def loss(scan):
@@ -128,7 +116,7 @@ def cuda_chunks(monkeypatch):
 
 
 def test_time_chunks_check_themselves_once_then_run(cuda_chunks, caplog):
-    args = scan_args(1, 300, 8, 4)
+    args = scan_inputs(1, 300, 8, 4)
     for _ in range(2):
         y, s = model_mod.ssm_scan_cuda(*args)
         assert_portable((y, s), args)
@@ -142,7 +130,7 @@ def test_failing_time_chunks_fall_back_to_one_pass_and_say_so(cuda_chunks, caplo
     """The first pass fails at launch or gives wrong end states: every prompt then scans in
     one pass sequential in time (right), and the note is logged once."""
     cuda_chunks["broken"] = (broken, "chunk_ends")
-    args = scan_args(1, 300, 8, 4)
+    args = scan_inputs(1, 300, 8, 4)
     with caplog.at_level(logging.WARNING):
         y, s = model_mod.ssm_scan_cuda(*args)
         model_mod.ssm_scan_cuda(*args)

@@ -13,7 +13,7 @@ import logging
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, scan_inputs
 
 from phiflash_mlx import load
 from phiflash_mlx import model as model_mod
@@ -63,19 +63,6 @@ def metal(monkeypatch):
     monkeypatch.setattr(model_mod, "_gpu_backend", lambda: "metal")
     monkeypatch.setattr(model_mod, "_build_metal_scan_kernel", build)
     return sim
-
-
-def scan_inputs(b=2, T=40, d=24, n=16, seed=0):
-    mx.random.seed(seed)
-    return (
-        mx.random.normal((b, T, d)),
-        mx.random.uniform(0.0, 0.3, (b, T, d)),
-        -mx.exp(mx.random.normal((d, n))),
-        mx.random.normal((b, T, n)),
-        mx.random.normal((b, T, n)),
-        mx.random.normal((d,)),
-        mx.random.normal((b, d, n)),
-    )
 
 
 def assert_portable(out, args):
