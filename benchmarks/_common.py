@@ -13,7 +13,8 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +61,19 @@ def use_project() -> None:
 
 
 use_project()
+
+
+@contextmanager
+def paths_off(module, *flags: str) -> Iterator[None]:
+    """The model file ``module`` with the speed-path switches ``flags`` (``SCAN_TIME_CHUNKS``,
+    ``BANDED_WINDOW_PREFILL``) off, so its former paths run; switched back on after."""
+    for flag in flags:
+        setattr(module, flag, False)
+    try:
+        yield
+    finally:
+        for flag in flags:
+            setattr(module, flag, True)
 
 
 def real_config(quick: bool = False) -> dict:

@@ -31,7 +31,7 @@ from pathlib import Path
 import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
 import mlx.nn as nn
-from _common import QUICK_SIZES, QUICK_VOCAB, real_config
+from _common import QUICK_SIZES, QUICK_VOCAB, paths_off, real_config
 from _common import mlx_timed as timed
 from mlx.utils import tree_flatten
 from mlx_lm.generate import generate_step
@@ -213,13 +213,10 @@ def scan_bench(T: int, d: int, n: int) -> dict:
     if mx.default_device() == mx.gpu and mx.cuda.is_available():
         t_kernel = timed(lambda: ssm_scan_cuda(u, dt, A, B, C, D, s0))
         out["cuda_kernel_tok_s"] = T / t_kernel
-        model_mod.SCAN_TIME_CHUNKS = False  # the same kernel in one pass sequential in time
-        try:
+        with paths_off(model_mod, "SCAN_TIME_CHUNKS"):  # the same kernel in one pass
             out["cuda_kernel_one_pass_tok_s"] = T / timed(
                 lambda: ssm_scan_cuda(u, dt, A, B, C, D, s0)
             )
-        finally:
-            model_mod.SCAN_TIME_CHUNKS = True
         yk, sk = ssm_scan_cuda(u, dt, A, B, C, D, s0)
         yc, sc = ssm_scan_chunked(u, dt, A, B, C, D, s0)
         out["kernel_vs_chunked_max_rel_err"] = float(

@@ -25,6 +25,7 @@ import sys
 
 import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
+from _common import paths_off
 from bench_mlx import decode_tps, ours_model, phi3_model, prefill_tps, prepare
 from mlx_lm.models import phi3
 
@@ -118,12 +119,9 @@ def main(argv=None) -> int:
     ours.model.layers = layers
     if a.prefill:  # the former prompt paths, one at a time and together
         for label, flags in FORMER_PROMPT_PATHS.items():
-            for flag in flags:
-                setattr(model_mod, flag, False)
-            warm_up(ours)
-            row(f"sambay, {label}", measure(ours))
-            for flag in flags:
-                setattr(model_mod, flag, True)
+            with paths_off(model_mod, *flags):
+                warm_up(ours)
+                row(f"sambay, {label}", measure(ours))
     del ours
     gc.collect()
     mx.clear_cache()

@@ -23,7 +23,7 @@ import time
 
 import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
-from _common import real_config
+from _common import paths_off, real_config
 from bench_mlx import phi3_args, quantize
 from mlx_lm.models import phi3
 from mlx_lm.models.base import create_causal_mask
@@ -168,11 +168,8 @@ def residual_mlp(layer, h, o):
 
 def sequential_scan(*args):
     """The CUDA prompt scan in one pass sequential in time (no time chunks)."""
-    model_mod.SCAN_TIME_CHUNKS = False
-    try:
+    with paths_off(model_mod, "SCAN_TIME_CHUNKS"):
         return selective_scan(*args)
-    finally:
-        model_mod.SCAN_TIME_CHUNKS = True
 
 
 def mamba_prefill_pieces(args, bits: int, T: int) -> dict:
