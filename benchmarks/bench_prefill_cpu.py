@@ -41,7 +41,7 @@ from pathlib import Path
 
 import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
-from _common import ROOT, machine_line, real_config
+from _common import ROOT, machine_line, paths_off, real_config
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 
@@ -93,7 +93,6 @@ def prefill(model, tokens, variant, mod=model_mod) -> tuple[float, float, list]:
     scan, banded = VARIANTS[variant]
     numpy_scan = mod.ssm_scan_numpy
     scan = getattr(mod, f"ssm_scan_{scan}")
-    mod.BANDED_WINDOW_PREFILL = banded
     spent = [0.0]
     plain = mod.selective_scan
 
@@ -107,14 +106,14 @@ def prefill(model, tokens, variant, mod=model_mod) -> tuple[float, float, list]:
 
     mod.ssm_scan_numpy, mod.selective_scan = scan, timed_scan
     try:
-        cache = make_prompt_cache(model)
-        t = time.perf_counter()
-        model(tokens, cache=cache)
-        mx.eval([c.state for c in cache])
-        total = time.perf_counter() - t
+        with paths_off(mod, *([] if banded else ["BANDED_WINDOW_PREFILL"])):
+            cache = make_prompt_cache(model)
+            t = time.perf_counter()
+            model(tokens, cache=cache)
+            mx.eval([c.state for c in cache])
+            total = time.perf_counter() - t
     finally:
         mod.ssm_scan_numpy, mod.selective_scan = numpy_scan, plain
-        mod.BANDED_WINDOW_PREFILL = True
     return total, spent[0], cache
 
 
