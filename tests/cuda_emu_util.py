@@ -14,6 +14,7 @@ monkeypatch ``phiflash_mlx.model._cuda_kernel`` and run the model's own launch c
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import subprocess
 import tempfile
@@ -99,6 +100,14 @@ def kernel_function(name: str, inputs: list[str], outputs: list[str], body: str,
 
 
 @cache
+def _build_dir() -> Path:
+    """One directory for the process's emulator builds, removed when it exits."""
+    path = Path(tempfile.mkdtemp(prefix="cuda-emu-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+@cache
 def _binary(which: str, template: tuple) -> Path:
     name, inputs, outputs, body = model_mod._CUDA_KERNELS[which]
     names = inputs + outputs
@@ -125,7 +134,7 @@ def _binary(which: str, template: tuple) -> Path:
         .replace("@NAME@", name)
         .replace("@ARGS@", ", ".join(names))
     )
-    out = Path(tempfile.mkdtemp(prefix="cuda-emu-")) / which
+    out = _build_dir() / f"{which}{'_'.join(f'{k}{v}' for k, v in template)}"
     out.with_suffix(".cpp").write_text(src)
     cmd = [GXX, "-std=c++20", "-O1", "-pthread", str(out.with_suffix(".cpp")), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
