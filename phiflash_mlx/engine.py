@@ -54,9 +54,9 @@ class MLXEngine:
         """What `generate --verbose` prints after the stats: the BLAS in use and, once a
         prompt has run on a GPU, whether a scan kernel's self-check turned it off (the Metal
         kernel, or the CUDA scan's time chunks)."""
-        from phiflash_mlx.model import metal_scan_note
+        from phiflash_mlx.model import scan_kernel_note
 
-        note = metal_scan_note()
+        note = scan_kernel_note()
         return self._blas_note if note is None else f"{self._blas_note}\n{note}"
 
     # -- protocol ---------------------------------------------------------------------------

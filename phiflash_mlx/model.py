@@ -567,7 +567,7 @@ def ssm_scan_cuda_train(u, dt, A, B, C, D, state):
 # without access to a Mac, so it checks itself. The first prompt on a Metal device runs the
 # kernel and the portable scan on a small slice of that prompt and compares; a compile error,
 # a runtime error or a mismatch turns the kernel off for the process and logs one warning
-# (metal_scan_note() says which), and the portable scan serves every prompt.
+# (scan_kernel_note() says which), and the portable scan serves every prompt.
 
 SCAN_CHECK_TOL = 1e-3  # max |kernel - portable| / max |portable| on the check slice
 _metal = {"kernel": None, "ok": None, "note": None}  # ok: None = not checked yet
@@ -589,7 +589,7 @@ def ssm_scan_metal(u, dt, A, B, C, D, state):
     return y, state
 
 
-def metal_scan_note() -> str | None:
+def scan_kernel_note() -> str | None:
     """Why a scan kernel is off in this process (None while the kernels are on or unchecked):
     the Metal kernel, or the CUDA prompt scan's time chunks."""
     return _metal["note"] or _chunks["note"]

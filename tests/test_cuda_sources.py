@@ -59,7 +59,7 @@ def test_cuda_prompt_scan_runs_right_on_the_warp_emulator(monkeypatch, b, T, d, 
     assert model_mod.time_chunks(b, T, d, n) == chunks
     assert_portable(model_mod.ssm_scan_cuda(*args), args)
     assert model_mod._chunks["ok"] is (True if chunks > 1 else None)  # checked only when cut
-    assert model_mod.metal_scan_note() is None
+    assert model_mod.scan_kernel_note() is None
 
 
 @needs_gxx
@@ -122,7 +122,7 @@ def test_time_chunks_check_themselves_once_then_run(cuda_chunks, caplog):
         assert_portable((y, s), args)
     checks = [dims for which, dims in cuda_chunks["launches"] if which == "chunk_ends"]
     assert checks == [[1, 256, 4, 64], [1, 300, 4, 75], [1, 300, 4, 75]]  # check, then prompts
-    assert model_mod.metal_scan_note() is None and not caplog.records
+    assert model_mod.scan_kernel_note() is None and not caplog.records
 
 
 @pytest.mark.parametrize("broken, why", [("raise", "RuntimeError"), ("wrong", "mismatch")])
@@ -135,7 +135,7 @@ def test_failing_time_chunks_fall_back_to_one_pass_and_say_so(cuda_chunks, caplo
         y, s = model_mod.ssm_scan_cuda(*args)
         model_mod.ssm_scan_cuda(*args)
     assert_portable((y, s), args)
-    note = model_mod.metal_scan_note()
+    note = model_mod.scan_kernel_note()
     assert note.startswith("CUDA scan's time chunks off (") and why in note
     assert [r.getMessage() for r in caplog.records] == [note]  # said once
     assert cuda_chunks["launches"][-1] == ("prompt", [1, 300, 1, 300])  # one pass in time

@@ -81,7 +81,7 @@ def test_no_gpu_uses_the_portable_scan_and_builds_nothing(monkeypatch):
     assert model_mod._gpu_backend() is None  # these tests run on CPU
     args = scan_inputs()
     assert_portable(model_mod.selective_scan(*args), args)
-    assert model_mod.metal_scan_note() is None
+    assert model_mod.scan_kernel_note() is None
 
 
 def test_kernel_that_agrees_is_checked_once_then_used(metal, caplog):
@@ -95,7 +95,7 @@ def test_kernel_that_agrees_is_checked_once_then_used(metal, caplog):
         assert_portable(model_mod.selective_scan(*args2), args2)
     assert metal["calls"][2:] == [(1, 70, 24)]  # no second check
     assert metal["builds"] == 1
-    assert model_mod.metal_scan_note() is None
+    assert model_mod.scan_kernel_note() is None
     assert not caplog.records
 
 
@@ -122,7 +122,7 @@ def test_failing_kernel_falls_back_for_the_process_and_says_so_once(metal, caplo
     notes = [r.getMessage() for r in caplog.records]
     assert len(notes) == 1, notes
     assert why in notes[0] and "portable scan" in notes[0]
-    assert model_mod.metal_scan_note() == notes[0]
+    assert model_mod.scan_kernel_note() == notes[0]
     assert metal["builds"] == 1  # never retried
     assert len(metal["calls"]) == (1 if mode == "mismatch" else 0)  # only the check slice
 
@@ -138,7 +138,7 @@ def test_model_prompt_equal_with_kernel_and_after_fallback(metal):
     model_mod._metal.update(kernel=None, ok=None, note=None)
     metal["mode"] = "mismatch"
     fallback = model(toks, cache=model.make_cache())
-    assert model_mod.metal_scan_note() is not None
+    assert model_mod.scan_kernel_note() is not None
     model_mod._gpu_backend = lambda: None  # restored by monkeypatch
     portable = model(toks, cache=model.make_cache())
     np.testing.assert_allclose(np.array(with_kernel), np.array(portable), atol=1e-4)
