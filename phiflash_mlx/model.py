@@ -298,8 +298,9 @@ def ssm_scan_numpy(u, dt, A, B, C, D, state, max_elems: int = 1 << 24):
 # a first pass (CUDA only) scans each chunk from a zero state and keeps its end state s_end and
 # its decay, the product of exp(dt a) over the chunk; the prompt pass starts chunk k from the
 # incoming state carried through chunks 0..k-1 (s = decay_j s + s_end_j), scans it again and
-# writes y. K = 1 is the plain sequential scan (no first pass; s_end and decay unread). The
-# backends differ only in the spellings.
+# writes y. K = 1 is the plain sequential scan (no first pass; s_end and decay unread). Each
+# step loads the next token's inputs before it computes its own, so the loads of a thread's
+# dependent chain overlap its arithmetic. The backends differ only in the spellings.
 _SCAN_INDEX = """
     @UINT@ gid = @GID@;
     int nb = dims[0], T = dims[1], K = dims[2], L = dims[3];
@@ -314,11 +315,14 @@ _SCAN_INDEX = """
 """
 _SCAN_CHUNK_ENDS = """
     float s = 0.0f, p = 1.0f;
-    for (int t = t0; t < t1; ++t) {
-        size_t o = ((size_t)b * T + t) * DI + d;
-        float dtv = dt[o];
-        float at = @EXP@(dtv * a);
-        s = at * s + dtv * u[o] * Bm[((size_t)b * T + t) * NS + n];
+    size_t o = ((size_t)b * T + t0) * DI + d, on = ((size_t)b * T + t0) * NS + n;
+    float dtv = 0.0f, uv = 0.0f, bv = 0.0f;
+    if (t0 < t1) { dtv = dt[o]; uv = u[o]; bv = Bm[on]; }
+    for (int t = t0; t < t1; ++t, o += DI, on += NS) {
+        float dtc = dtv, uc = uv, bc = bv;
+        if (t + 1 < t1) { dtv = dt[o + DI]; uv = u[o + DI]; bv = Bm[on + NS]; }
+        float at = @EXP@(dtc * a);
+        s = at * s + dtc * uc * bc;
         p *= at;
     }
     if (active) {
@@ -334,14 +338,16 @@ _SCAN_SRC = """
         s = decay[w] * s + s_end[w];
     }
     float dd = D[d];
-    for (int t = t0; t < t1; ++t) {
-        size_t o = ((size_t)b * T + t) * DI + d;
-        size_t on = ((size_t)b * T + t) * NS + n;
-        float dtv = dt[o], uv = u[o];
-        s = @EXP@(dtv * a) * s + dtv * uv * Bm[on];@KEEP@
-        float p = s * Cm[on];
+    size_t o = ((size_t)b * T + t0) * DI + d, on = ((size_t)b * T + t0) * NS + n;
+    float dtv = 0.0f, uv = 0.0f, bv = 0.0f, cv = 0.0f;
+    if (t0 < t1) { dtv = dt[o]; uv = u[o]; bv = Bm[on]; cv = Cm[on]; }
+    for (int t = t0; t < t1; ++t, o += DI, on += NS) {
+        float dtc = dtv, uc = uv, bc = bv, cc = cv;
+        if (t + 1 < t1) { dtv = dt[o + DI]; uv = u[o + DI]; bv = Bm[on + NS]; cv = Cm[on + NS]; }
+        s = @EXP@(dtc * a) * s + dtc * uc * bc;@KEEP@
+        float p = s * cc;
         for (@OFF@ off = NS / 2; off > 0; off >>= 1) p += @SHUFFLE@;
-        if (active && n == 0) y[o] = p + dd * uv;
+        if (active && n == 0) y[o] = p + dd * uc;
     }
     if (active && (int)k == K - 1) state_out[((size_t)b * DI + d) * NS + n] = s;
 """
