@@ -884,10 +884,16 @@ def _combine(o, lam, subln_w, lambda_init: float, eps: float, m: int, g: int):
 _pair_queries_step = mx.compile(_pair_queries)
 
 # Sliding-window prompts longer than two windows attend in bands (DiffAttention.attend):
-# blocks of one window of queries, each over the two windows of keys its queries can reach
-# (on an H100 at the real width: 0.27 ms a 2K chunk, against 0.41 for half-window blocks and
-# 1.10 for the whole window mask; benchmarks/results/mlx_h100.md).
+# blocks of queries, each over the window + block keys its queries can reach. On a GPU a block
+# is one window (an H100 at the real width: 0.27 ms a 2K chunk, against 0.41 for half-window
+# blocks and 1.10 for the whole window mask; benchmarks/results/mlx_h100.md); on a CPU, where
+# the cost is the scores, half a window (1.5 windows of scores a query instead of 2).
 BANDED_WINDOW_PREFILL = True
+
+
+def band_block(window: int) -> int:
+    """Queries per block of window_band_attention on the default device."""
+    return window if mx.default_device() == mx.gpu else max(1, window // 2)
 
 
 def window_band_attention(q, keys, values, window: int, scale: float, block: int):
@@ -1062,7 +1068,7 @@ class DiffAttention(nn.Module):
             )
         W, T, S = self.window, q.shape[2], keys.shape[2]
         if isinstance(mask, str) and mask == "window":  # attention_mask: a plain windowed prompt
-            return window_band_attention(q, keys, values, W, self.scale, W)
+            return window_band_attention(q, keys, values, W, self.scale, band_block(W))
         if BANDED_WINDOW_PREFILL and W and isinstance(mask, mx.array) and T > 2 * W:
             out = []
             for s in range(0, T, W):
