@@ -66,14 +66,15 @@ use_project()
 @contextmanager
 def paths_off(module, *flags: str) -> Iterator[None]:
     """The model file ``module`` with the speed-path switches ``flags`` (``SCAN_TIME_CHUNKS``,
-    ``BANDED_WINDOW_PREFILL``) off, so its former paths run; switched back on after."""
+    ``BANDED_WINDOW_PREFILL``) off, so its former paths run; set back as they were after."""
+    before = {flag: getattr(module, flag) for flag in flags}
     for flag in flags:
         setattr(module, flag, False)
     try:
         yield
     finally:
-        for flag in flags:
-            setattr(module, flag, True)
+        for flag, value in before.items():
+            setattr(module, flag, value)
 
 
 def real_config(quick: bool = False) -> dict:

@@ -30,6 +30,17 @@ def scan_inputs(b=2, T=40, d=24, n=16, seed=0):
     )
 
 
+def assert_portable(out, args, **tol):
+    """A scan's (y, state) ``out`` equals the portable chunked scan's on ``args`` (``tol``:
+    numpy's assert_allclose tolerances)."""
+    import numpy as np
+
+    from phiflash_mlx.model import ssm_scan_chunked
+
+    for got, want in zip(out, ssm_scan_chunked(*args)):
+        np.testing.assert_allclose(np.array(got), np.array(want), **tol)
+
+
 @pytest.fixture(scope="session")
 def golden():
     import numpy as np

@@ -13,7 +13,9 @@ and the GPU's own arithmetic are tests/test_gpu.py's part.
 import logging
 import shutil
 import subprocess
+from functools import partial
 
+import conftest
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -39,9 +41,7 @@ def test_cuda_kernel_source_compiles(tmp_path, which):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def assert_portable(out, args):
-    for got, want in zip(out, model_mod.ssm_scan_chunked(*args)):
-        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=1e-4)
+assert_portable = partial(conftest.assert_portable, rtol=1e-4, atol=1e-4)
 
 
 @needs_gxx
@@ -92,10 +92,10 @@ def test_time_chunks_fill_the_gpu_and_keep_a_warp_in_one_chunk():
 
 @pytest.fixture
 def cuda_chunks(monkeypatch):
-    if GXX is None:
-        pytest.skip("needs g++")
     """The prompt kernels on the warp emulator; ``broken`` names a kernel that fails at launch
     or gives wrong numbers. Returns the kernels' launches."""
+    if GXX is None:
+        pytest.skip("needs g++")
     sim = {"broken": None, "launches": []}
 
     def kernel(which):

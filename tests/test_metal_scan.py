@@ -9,7 +9,9 @@ argument plumbing is checked too; the Metal source itself is only compiled on Ap
 """
 
 import logging
+from functools import partial
 
+import conftest
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -65,10 +67,7 @@ def metal(monkeypatch):
     return sim
 
 
-def assert_portable(out, args):
-    want = model_mod.ssm_scan_chunked(*args)
-    for got, w in zip(out, want):
-        np.testing.assert_allclose(np.array(got), np.array(w), atol=1e-5)
+assert_portable = partial(conftest.assert_portable, atol=1e-5)
 
 
 def test_no_gpu_uses_the_portable_scan_and_builds_nothing(monkeypatch):
