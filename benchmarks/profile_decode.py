@@ -17,6 +17,10 @@ cross-decoder never runs, so only the self-decoder's kinds are left out), and ea
 first prompt chunk split into building its graph in Python and evaluating it, with MLX's
 buffer cache emptied after each prompt (as mlx-lm's prefill does) and kept (on a CPU the
 prompt scan runs in numpy, which evaluates what comes before it while the graph is built).
+Decode ends with each model's tokens split the same way, pipelined as ``generate_step`` runs
+them: building token t+1's graph in Python, handing it to MLX (``async_eval``, which encodes
+its kernels), then waiting for token t. A wait near zero means the device finished token t
+before the host had token t+1 ready: decode is bound by the host's per-token work.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import time
 import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
 from _common import paths_off
-from bench_mlx import decode_tps, ours_model, phi3_model, prefill_tps, prepare
+from bench_mlx import decode_tps, filled_cache, ours_model, phi3_model, prefill_tps, prepare
 from mlx_lm.models import phi3
 from mlx_lm.models.cache import make_prompt_cache
 
@@ -108,6 +112,42 @@ def prompt_split(model, T: int, repeat: int, clear: bool) -> dict:
     return best
 
 
+def decode_split(model, ctx: int, n: int, repeat: int) -> dict:
+    """Greedy decode at context ``ctx`` as generate_step pipelines it: build token t+1's graph,
+    async_eval it, then wait for token t. Mean ms per token of each part; the best of
+    ``repeat`` runs by total."""
+    best = None
+    for _ in range(repeat):
+        cache = filled_cache(model, ctx, mx.bfloat16)
+
+        def step(y, cache=cache):
+            return mx.argmax(model(y, cache=cache)[:, -1], axis=-1)[:, None]
+
+        nxt = step(mx.array([[1]]))
+        mx.async_eval(nxt)
+        parts = [0.0, 0.0, 0.0]
+        start = time.perf_counter()
+        for _ in range(n):
+            t0 = time.perf_counter()
+            cur, nxt = nxt, step(nxt)
+            t1 = time.perf_counter()
+            mx.async_eval(nxt)
+            t2 = time.perf_counter()
+            cur.item()
+            t3 = time.perf_counter()
+            for i, (a, b) in enumerate(((t0, t1), (t1, t2), (t2, t3))):
+                parts[i] += b - a
+        total = time.perf_counter() - start
+        mx.eval(nxt)
+        del cache
+        mx.clear_cache()
+        ms = [round(x / n * 1e3, 3) for x in (*parts, total)]
+        r = dict(zip(("build_ms", "async_eval_ms", "wait_ms", "ms"), ms))
+        if best is None or r["ms"] < best["ms"]:
+            best = r
+    return best
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quant", default="4bit", choices=("bf16", "8bit", "4bit"))
@@ -131,7 +171,12 @@ def main(argv=None) -> int:
 
     split_rows = []
 
-    def split(name: str, model) -> None:  # --prefill: the first chunk's build and evaluation
+    def split(name: str, model) -> None:  # the first chunk's (a token's) build and evaluation
+        if not a.prefill:
+            r = {"variant": name} | decode_split(model, a.ctx, a.gen_tokens, a.repeat)
+            split_rows.append(r)
+            print(json.dumps(r), flush=True)
+            return
         for clear in (True, False):
             kept = "emptied" if clear else "kept"
             r = {"variant": f"{name}, buffer cache {kept}"}
@@ -155,8 +200,7 @@ def main(argv=None) -> int:
     warm_up(ours)
     full = measure(ours)
     row("sambay", full)
-    if a.prefill:
-        split("sambay", ours)
+    split("sambay", ours)
     for kind in LEAVE_OUT[:2] if a.prefill else LEAVE_OUT:
         picked = [i for i, layer in enumerate(layers) if layer.kind == kind]
         ours.model.layers = [Skipped(x) if i in picked else x for i, x in enumerate(layers)]
@@ -178,8 +222,7 @@ def main(argv=None) -> int:
     warm_up(phi)
     pfull = measure(phi)
     row("phi3", pfull)
-    if a.prefill:
-        split("phi3", phi)
+    split("phi3", phi)
     players = list(phi.model.layers)
     phi.model.layers = [Skipped(x) for x in players]
     row(f"phi3 without its layers ({len(players)})", measure(phi), len(players), pfull)
@@ -193,7 +236,16 @@ def main(argv=None) -> int:
             f"| {r['variant']} | {r['ms']:.2f} | {r.get('kind_ms', '')} "
             f"| {r.get('per_layer_ms', '')} |"
         )
-    if split_rows:
+    if split_rows and not a.prefill:
+        print()
+        print(f"| decode, ctx {a.ctx} | build ms | async_eval ms | wait ms | ms/token |")
+        print("|---|---|---|---|---|")
+        for r in split_rows:
+            print(
+                f"| {r['variant']} | {r['build_ms']:.3f} | {r['async_eval_ms']:.3f} "
+                f"| {r['wait_ms']:.3f} | {r['ms']:.3f} |"
+            )
+    elif split_rows:
         print()
         head = "chunk graph build ms | chunk eval ms | last token ms | ms"
         print(f"| {a.prefill}-token prompt | {head} |")
