@@ -5,22 +5,23 @@ against mlx-lm's phi3 with all its layers and with none, in one run.
     python benchmarks/profile_decode.py --prefill 2048 --quant bf16   # a T-token prompt instead
 
 Both models are built as ``bench_mlx.py`` builds them (full size, random weights, the same
-quantization) and decode with mlx-lm's ``generate_step`` after a cache filled to ``--ctx``.
-A left-out layer passes the residual stream through unchanged (its cache is kept but never
-read), so "full - without kind" is what that kind's layers cost per token, and divided by
-their count, per layer. "none" leaves every layer out: embedding, final norm and LM head
-only. The layers that feed others (the cross-decoder's Mamba, whose output GMUs gate, and
-the global attention, whose K/V the cross layers read) are never left out. Rows are the
-best of ``--repeat`` runs: decode speed on a GPU moves between runs. With ``--prefill T`` the
-same variants time a T-token prompt as ``bench_mlx.py`` does (ms per prompt; a prompt chunk's
-cross-decoder never runs, so only the self-decoder's kinds are left out), and each model's
-first prompt chunk split into building its graph in Python and evaluating it, with MLX's
-buffer cache emptied after each prompt (as mlx-lm's prefill does) and kept (on a CPU the
-prompt scan runs in numpy, which evaluates what comes before it while the graph is built).
-Decode ends with each model's tokens split the same way, pipelined as ``generate_step`` runs
-them: building token t+1's graph in Python, handing it to MLX (``async_eval``, which encodes
-its kernels), then waiting for token t. A wait near zero means the device finished token t
-before the host had token t+1 ready: decode is bound by the host's per-token work.
+quantization) and decode with mlx-lm's ``generate_step`` after a cache filled to ``--ctx``. A
+left-out layer passes the residual stream through unchanged (its cache is kept but never read),
+so "full - without kind" is what that kind's layers cost per token, and divided by their count,
+per layer (full: decode compiled per layer, as the left-out variants run; the first row is the
+default whole-step decode). "none" leaves every layer out: embedding, final norm and LM head
+only. The layers that feed others (the cross-decoder's Mamba, whose output GMUs gate, and the
+global attention, whose K/V the cross layers read) are never left out. Rows are the best of
+``--repeat`` runs: decode speed on a GPU moves between runs. With ``--prefill T`` the same
+variants time a T-token prompt as ``bench_mlx.py`` does (ms per prompt; a prompt chunk's cross-
+decoder never runs, so only the self-decoder's kinds are left out), and each model's first
+prompt chunk split into building its graph in Python and evaluating it, with MLX's buffer cache
+emptied after each prompt (as mlx-lm's prefill does) and kept (on a CPU the prompt scan runs in
+numpy, which evaluates what comes before it while the graph is built). Decode ends with each
+model's tokens split the same way, pipelined as ``generate_step`` runs them: building token
+t+1's graph in Python, handing it to MLX (``async_eval``, which encodes its kernels), then
+waiting for token t. A wait near zero means the device finished token t before the host had
+token t+1 ready: decode is bound by the host's per-token work.
 """
 
 from __future__ import annotations
@@ -201,14 +202,20 @@ def main(argv=None) -> int:
     full = measure(ours)
     row("sambay", full)
     split("sambay", ours)
-    for kind in LEAVE_OUT[:2] if a.prefill else LEAVE_OUT:
-        picked = [i for i, layer in enumerate(layers) if layer.kind == kind]
-        ours.model.layers = [Skipped(x) if i in picked else x for i, x in enumerate(layers)]
-        row(f"sambay without {kind} ({len(picked)})", measure(ours), len(picked), full)
-    keep = {"mamba_mem", "attn"}  # they feed the cross-decoder
-    ours.model.layers = [x if x.kind in keep else Skipped(x) for x in layers]
-    row("sambay, only mamba_mem + attn", measure(ours))
-    ours.model.layers = layers
+    # Left-out layers are not DecoderLayers, so decode runs per layer: compare like with like.
+    with paths_off(model_mod, "WHOLE_STEP_DECODE"):
+        if not a.prefill:
+            full = measure(ours)
+            row("sambay, decode compiled per layer", full)
+            split("sambay, decode compiled per layer", ours)
+        for kind in LEAVE_OUT[:2] if a.prefill else LEAVE_OUT:
+            picked = [i for i, layer in enumerate(layers) if layer.kind == kind]
+            ours.model.layers = [Skipped(x) if i in picked else x for i, x in enumerate(layers)]
+            row(f"sambay without {kind} ({len(picked)})", measure(ours), len(picked), full)
+        keep = {"mamba_mem", "attn"}  # they feed the cross-decoder
+        ours.model.layers = [x if x.kind in keep else Skipped(x) for x in layers]
+        row("sambay, only mamba_mem + attn", measure(ours))
+        ours.model.layers = layers
     if a.prefill:  # the former prompt paths, one at a time and together
         for label, flags in FORMER_PROMPT_PATHS.items():
             with paths_off(model_mod, *flags):

@@ -27,9 +27,10 @@ import time
 
 import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded before mlx)
 import mlx.core as mx
-from _common import mlx_timed, real_config
+from _common import mlx_timed, paths_off, real_config
 from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache
 
+from phiflash_mlx import model as model_mod
 from phiflash_mlx.model import DecoderLayer, ModelArgs
 
 
@@ -104,9 +105,11 @@ def count_kernels(ctx: int) -> None:
     rows = {}
     ours = ours_model(True)
     ours.eval()
-    for label, on in (("sambay uncompiled", False), ("sambay compiled", True)):
+    for label, on in (("sambay uncompiled", False), ("sambay compiled per layer", True)):
         ours.set_compiled_decode(on)
-        rows[label] = count_decode(ours, ctx)
+        with paths_off(model_mod, "WHOLE_STEP_DECODE"):
+            rows[label] = count_decode(ours, ctx)
+    rows["sambay whole-step (default)"] = count_decode(ours, ctx)
     phi = phi3_model(True)
     phi.eval()
     rows["phi3 (mlx-lm)"] = count_decode(phi, ctx)

@@ -1198,7 +1198,9 @@ class DecoderLayer(nn.Module):
 # the cache's length changes every token, and a batch cache brings its own mask.
 
 
-def _build_decode_fns(layer: "DecoderLayer") -> dict:
+def _decode_pieces(layer: "DecoderLayer") -> dict:
+    """The layer's one-token step as plain functions of (h, ...): "layer" for Mamba and GMU
+    layers, "pre" and "post" around the attention call for attention layers."""
     f32 = mx.float32
     n1, n2, mlp, attn = layer.input_layernorm, layer.post_attention_layernorm, layer.mlp, layer.attn
 
@@ -1210,14 +1212,13 @@ def _build_decode_fns(layer: "DecoderLayer") -> dict:
         h = h + mlp(n2(h.astype(n2.weight.dtype))).astype(f32)
         return h, h.astype(n1.weight.dtype)
 
-    fns = {}
     if layer.kind == "gmu":
 
         def gmu(h, memory):
             return tail(h, attn(pre_norm(h), memory).astype(f32))
 
-        fns["layer"] = mx.compile(gmu, inputs=layer.state)
-    elif layer.kind in ("mamba", "mamba_mem"):
+        return {"layer": gmu}
+    if layer.kind in ("mamba", "mamba_mem"):
         mb = attn
 
         def mamba(h, conv_state, state):  # Mamba._step's conv_step and mamba_step, traced in
@@ -1232,29 +1233,180 @@ def _build_decode_fns(layer: "DecoderLayer") -> dict:
             h, hn = tail(h, mb.out_proj(gated)[:, None].astype(f32))
             return h, hn, y[:, None], new_conv, state
 
-        fns["layer"] = mx.compile(mamba, inputs=layer.state)
-    else:
-        hd, m = attn.head_dim, attn.n_kv // 2
-        g = attn.n_heads // attn.n_kv
-        ica = attn.inner_cross_attn
+        return {"layer": mamba}
+    hd, m = attn.head_dim, attn.n_kv // 2
+    g = attn.n_heads // attn.n_kv
+    ica = attn.inner_cross_attn
 
-        def pre(h):
-            b = h.shape[0]
-            qkv = attn.Wqkv(pre_norm(h))
-            if attn.cross:
-                return _pair_queries(qkv, m, g, hd)
-            q, k, v = mx.split(qkv, [attn.n_heads * hd, (attn.n_heads + attn.n_kv) * hd], -1)
-            k = k.reshape(b, 1, m, 2 * hd).transpose(0, 2, 1, 3)
-            v = v.reshape(b, 1, m, 2 * hd).transpose(0, 2, 1, 3)
-            return _pair_queries(q, m, g, hd), k, v
+    def pre(h):
+        b = h.shape[0]
+        qkv = attn.Wqkv(pre_norm(h))
+        if attn.cross:
+            return _pair_queries(qkv, m, g, hd)
+        q, k, v = mx.split(qkv, [attn.n_heads * hd, (attn.n_heads + attn.n_kv) * hd], -1)
+        k = k.reshape(b, 1, m, 2 * hd).transpose(0, 2, 1, 3)
+        v = v.reshape(b, 1, m, 2 * hd).transpose(0, 2, 1, 3)
+        return _pair_queries(q, m, g, hd), k, v
 
-        def post(h, o, lam):  # lam: DiffLambda.full, computed once per weights, not per token
-            o = _combine(o, lam, ica.subln.weight, attn.lambda_init, ica.subln.eps, m, g)
-            return tail(h, attn.out_proj(o).astype(f32))
+    def post(h, o, lam):  # lam: DiffLambda.full, computed once per weights, not per token
+        o = _combine(o, lam, ica.subln.weight, attn.lambda_init, ica.subln.eps, m, g)
+        return tail(h, attn.out_proj(o).astype(f32))
 
-        fns["pre"] = mx.compile(pre, inputs=layer.state)
-        fns["post"] = mx.compile(post, inputs=layer.state)
-    return fns
+    return {"pre": pre, "post": post}
+
+
+def _build_decode_fns(layer: "DecoderLayer") -> dict:
+    return {k: mx.compile(f, inputs=layer.state) for k, f in _decode_pieces(layer).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-step decode. With plain caches (mlx-lm's generate_step, batch 1 or any batch without
+# padding) one decode token runs as a few compiled functions over many layers instead of one
+# or two per layer: the model is cut only at the attention calls over the global K/V (the
+# global layer and the cross layers), whose key count grows every token. Everything between
+# two such calls, the sliding-window layers' cache writes and attention included, is one
+# compiled function whose inputs and outputs are the residual stream, the Mamba states and
+# the sliding-window K/V buffers. A sliding-window cache is written where mlx-lm's
+# RotatingKVCache writes one token (its rotating index) and keeps its bookkeeping; steps where
+# that cache grows or trims (the first tokens after a prompt, every 256 tokens while it
+# fills) take the per-layer path. Model.set_compiled_decode(False) turns both off.
+WHOLE_STEP_DECODE = True
+
+
+def _reads_global_kv(kind: str) -> bool:
+    return kind in ("attn", "cross")
+
+
+class WholeStep:
+    """The compiled segments of one model's decode step (see above)."""
+
+    def __init__(self, model: "Phi4FlashModel"):
+        self.layers = layers = list(model.layers)
+        self.cuts = [i for i, layer in enumerate(layers) if _reads_global_kv(layer.kind)]
+        self.pieces = [_decode_pieces(layer) for layer in layers]
+        self.model = model
+        self.fns = {}
+
+    def matches(self, model) -> bool:
+        return len(self.layers) == len(model.layers) and all(
+            a is b for a, b in zip(self.layers, model.layers)
+        )
+
+    def _segment(self, j: int, masked: bool):
+        """Segment j: the post of cut j-1 (or the embedding), the whole layers up to cut j,
+        and the pre of cut j (or, after the last cut, the final norm)."""
+        key = (j, masked)
+        if key in self.fns:
+            return self.fns[key]
+        layers, pieces, model = self.layers, self.pieces, self.model
+        first, last = j == 0, j == len(self.cuts)
+        a = 0 if first else self.cuts[j - 1] + 1
+        b = len(layers) if last else self.cuts[j]
+
+        def run(h, o, lams, memory, convs, ssms, kbufs, vbufs, pos):
+            """Lists stand for what a segment may lack: o, memory and pos hold 0 or 1 arrays."""
+            lams, convs, ssms, kbufs, vbufs = map(list, (lams, convs, ssms, kbufs, vbufs))
+            memory = memory[0] if memory else None
+            pos = pos[0] if pos else None
+            if first:
+                h = model.embed_tokens(h).astype(mx.float32)
+            else:
+                h, _ = pieces[a - 1]["post"](h, o[0], lams.pop(0))
+            out_convs, out_ssms, out_k, out_v = [], [], [], []
+            for i in range(a, b):
+                layer, fns = layers[i], pieces[i]
+                if layer.kind == "gmu":
+                    h, _ = fns["layer"](h, memory)
+                elif layer.kind in ("mamba", "mamba_mem"):
+                    h, _, y, conv, state = fns["layer"](h, convs.pop(0), ssms.pop(0))
+                    out_convs.append(conv)
+                    out_ssms.append(state)
+                    if layer.kind == "mamba_mem":
+                        memory = y
+                else:  # a sliding-window layer: write the token at pos[0], attend
+                    q, k, v = fns["pre"](h)
+                    kb, vb = kbufs.pop(0), vbufs.pop(0)
+                    at = (mx.arange(kb.shape[2]) == pos[0])[:, None]
+                    kb, vb = mx.where(at, k, kb), mx.where(at, v, vb)
+                    mask = mx.arange(kb.shape[2]) < pos[1] if masked else None
+                    h, _ = fns["post"](h, layer.attn.attend(q, kb, vb, mask), lams.pop(0))
+                    out_k.append(kb)
+                    out_v.append(vb)
+            if last:
+                norm = model.final_layernorm
+                tail = norm(h.astype(norm.weight.dtype))
+            else:
+                tail = pieces[b]["pre"](h)
+            return tail, h, [] if memory is None else [memory], out_convs, out_ssms, out_k, out_v
+
+        parts = [layers[i] for i in range(max(a - 1, 0), b + (0 if last else 1))]
+        parts += [model.embed_tokens] if first else []
+        parts += [model.final_layernorm] if last else []
+        fn = mx.compile(run, inputs=[x.state for x in parts])
+        self.fns[key] = fn
+        return fn
+
+    def __call__(self, inputs, cache):
+        """The final hidden state for one token, or None where the caches do not allow it."""
+        layers = self.layers
+        if len(cache) < self.cuts[0] + 1:
+            return None
+        swa = []
+        for layer, c in zip(layers, cache):
+            if layer.kind in ("mamba", "mamba_mem"):
+                if type(c) is not ArraysCache or c[0] is None or c[1] is None:
+                    return None
+            elif layer.kind == "swa":
+                if type(c) is not RotatingKVCache or c.keys is None:
+                    return None
+                swa.append(c)
+            elif type(c) is not KVCache:
+                return None
+        pos, masked = None, False
+        if swa:
+            c0 = swa[0]
+            cap, at = c0.keys.shape[2], c0._idx
+            if any((c.keys.shape[2], c.offset, c._idx) != (cap, c0.offset, at) for c in swa):
+                return None
+            if cap > c0.max_size or (c0.offset >= cap and cap < c0.max_size):
+                return None  # RotatingKVCache trims or grows at this step
+            if at == c0.max_size:
+                at = c0.keep
+            valid = min(c0.offset + 1, cap)
+            masked = valid < cap
+            pos = mx.array([at, valid])
+        mamba = [c for layer, c in zip(layers, cache) if layer.kind in ("mamba", "mamba_mem")]
+        lam = {
+            i: layer.attn.inner_cross_attn.full(layer.attn.lambda_init)
+            for i, layer in enumerate(layers)
+            if layer.kind in ("swa", "attn", "cross")
+        }
+        swa_lams = [lam[i] for i, layer in enumerate(layers) if layer.kind == "swa"]
+        out = self._segment(0, masked)(
+            inputs,
+            [],
+            swa_lams,
+            [],
+            [c[0] for c in mamba],
+            [c[1] for c in mamba],
+            [c.keys for c in swa],
+            [c.values for c in swa],
+            [] if pos is None else [pos],
+        )
+        (q, k, v), h, memory, convs, ssms, kbufs, vbufs = out
+        for c, conv, state in zip(mamba, convs, ssms):
+            c[0], c[1] = conv, state
+        for c, kb, vb in zip(swa, kbufs, vbufs):
+            c.keys, c.values = kb, vb
+            c.offset += 1
+            c._idx = at + 1
+        keys, values = cache[self.cuts[0]].update_and_fetch(k, v)
+        for j, i in enumerate(self.cuts):
+            o = layers[i].attn.attend(q, keys, values, None)
+            q, h, memory, *_ = self._segment(j + 1, False)(
+                h, [o], [lam[i]], memory, [], [], [], [], []
+            )
+        return q
 
 
 class Phi4FlashModel(nn.Module):
@@ -1268,8 +1420,12 @@ class Phi4FlashModel(nn.Module):
         """With mlx-lm's batch caches a row may be padded (right in prefill, left after a
         merge): one mask per layer kind is made from the first cache of that kind before its
         update; cross layers reuse the global layer's mask with its K/V."""
-        h = self.embed_tokens(inputs).astype(mx.float32)
         T = inputs.shape[1]
+        if T == 1 and cache is not None and WHOLE_STEP_DECODE and not self.training:
+            out = self._whole_step(inputs, cache)
+            if out is not None:
+                return out
+        h = self.embed_tokens(inputs).astype(mx.float32)
         if cache is None:
             cache = [None] * len(self.layers)
         memory = shared_kv = hn = None
@@ -1289,6 +1445,15 @@ class Phi4FlashModel(nn.Module):
             h, memory, shared_kv, hn = layer(h, c, memory, shared_kv, hn, masks[key])
         norm = self.final_layernorm
         return norm(h.astype(norm.weight.dtype) if hn is None else hn)
+
+    def _whole_step(self, inputs, cache):
+        if not all(isinstance(x, DecoderLayer) and x.compiled_decode for x in self.layers):
+            return None
+        whole = self.__dict__.get("_whole")
+        if whole is None or not whole.matches(self):
+            whole = WholeStep(self)
+            object.__setattr__(self, "_whole", whole)
+        return whole(inputs, cache)
 
 
 class Model(nn.Module):
