@@ -1286,6 +1286,22 @@ class WholeStep:
         self.pieces = [_decode_pieces(layer) for layer in layers]
         self.model = model
         self.fns = {}
+        kinds = [layer.kind for layer in layers]
+        self.mamba = [i for i, k in enumerate(kinds) if k in ("mamba", "mamba_mem")]
+        self.swa = [i for i, k in enumerate(kinds) if k == "swa"]
+        self.attn = [layer.attn for layer in layers if isinstance(layer.attn, DiffAttention)]
+        self._lams = ((), [])
+
+    def lambdas(self) -> list:
+        """Each attention layer's lambda (DiffLambda.full), kept while its parameters are the
+        same arrays (read from the modules' dicts: attribute access costs on every token)."""
+        icas = [a["inner_cross_attn"] for a in self.attn]
+        names = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
+        key = tuple(id(ica[n]) for ica in icas for n in names)
+        if key != self._lams[0]:
+            lams = [a.inner_cross_attn.full(a.lambda_init) for a in self.attn]
+            self._lams = (key, lams)
+        return self._lams[1]
 
     def matches(self, model) -> bool:
         return len(self.layers) == len(model.layers) and all(
@@ -1348,23 +1364,18 @@ class WholeStep:
 
     def __call__(self, inputs, cache):
         """The final hidden state for one token, or None where the caches do not allow it."""
-        layers = self.layers
-        if len(cache) < self.cuts[0] + 1:
+        g = self.cuts[0]  # the global layer: its cache is the last one
+        if len(cache) <= g or type(cache[g]) is not KVCache:
             return None
-        swa = []
-        for layer, c in zip(layers, cache):
-            if layer.kind in ("mamba", "mamba_mem"):
-                if type(c) is not ArraysCache or c[0] is None or c[1] is None:
-                    return None
-            elif layer.kind == "swa":
-                if type(c) is not RotatingKVCache or c.keys is None:
-                    return None
-                swa.append(c)
-            elif type(c) is not KVCache:
+        mamba, swa = [cache[i] for i in self.mamba], [cache[i] for i in self.swa]
+        for c in mamba:
+            if type(c) is not ArraysCache or c[0] is None or c[1] is None:
                 return None
-        pos, masked = None, False
+        pos, masked = [], False
         if swa:
             c0 = swa[0]
+            if any(type(c) is not RotatingKVCache or c.keys is None for c in swa):
+                return None
             cap, at = c0.keys.shape[2], c0._idx
             if any((c.keys.shape[2], c.offset, c._idx) != (cap, c0.offset, at) for c in swa):
                 return None
@@ -1374,24 +1385,19 @@ class WholeStep:
                 at = c0.keep
             valid = min(c0.offset + 1, cap)
             masked = valid < cap
-            pos = mx.array([at, valid])
-        mamba = [c for layer, c in zip(layers, cache) if layer.kind in ("mamba", "mamba_mem")]
-        lam = {
-            i: layer.attn.inner_cross_attn.full(layer.attn.lambda_init)
-            for i, layer in enumerate(layers)
-            if layer.kind in ("swa", "attn", "cross")
-        }
-        swa_lams = [lam[i] for i, layer in enumerate(layers) if layer.kind == "swa"]
+            pos = [mx.array([at, valid])]
+        lams = self.lambdas()  # swa layers first, then the global layer and the cross layers
+        n = len(swa)
         out = self._segment(0, masked)(
             inputs,
             [],
-            swa_lams,
+            lams[:n],
             [],
             [c[0] for c in mamba],
             [c[1] for c in mamba],
             [c.keys for c in swa],
             [c.values for c in swa],
-            [] if pos is None else [pos],
+            pos,
         )
         (q, k, v), h, memory, convs, ssms, kbufs, vbufs = out
         for c, conv, state in zip(mamba, convs, ssms):
@@ -1400,11 +1406,12 @@ class WholeStep:
             c.keys, c.values = kb, vb
             c.offset += 1
             c._idx = at + 1
-        keys, values = cache[self.cuts[0]].update_and_fetch(k, v)
-        for j, i in enumerate(self.cuts):
-            o = layers[i].attn.attend(q, keys, values, None)
+        keys, values = cache[g].update_and_fetch(k, v)
+        sdpa = mx.fast.scaled_dot_product_attention
+        for j, attn in enumerate(self.attn[n:]):
+            o = sdpa(q, keys, values, scale=attn.scale)
             q, h, memory, *_ = self._segment(j + 1, False)(
-                h, [o], [lam[i]], memory, [], [], [], [], []
+                h, [o], [lams[n + j]], memory, [], [], [], [], []
             )
         return q
 
