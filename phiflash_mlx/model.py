@@ -1329,6 +1329,10 @@ class WholeStep:
             else:
                 h, _ = pieces[a - 1]["post"](h, o[0], lams.pop(0))
             out_convs, out_ssms, out_k, out_v = [], [], [], []
+            if kbufs:  # where the token goes and which slots hold keys: the same in every layer
+                slots = mx.arange(kbufs[0].shape[2])
+                at = (slots == pos[0])[:, None]
+                mask = slots < pos[1] if masked else None
             for i in range(a, b):
                 layer, fns = layers[i], pieces[i]
                 if layer.kind == "gmu":
@@ -1342,9 +1346,7 @@ class WholeStep:
                 else:  # a sliding-window layer: write the token at pos[0], attend
                     q, k, v = fns["pre"](h)
                     kb, vb = kbufs.pop(0), vbufs.pop(0)
-                    at = (mx.arange(kb.shape[2]) == pos[0])[:, None]
                     kb, vb = mx.where(at, k, kb), mx.where(at, v, vb)
-                    mask = mx.arange(kb.shape[2]) < pos[1] if masked else None
                     h, _ = fns["post"](h, layer.attn.attend(q, kb, vb, mask), lams.pop(0))
                     out_k.append(kb)
                     out_v.append(vb)
