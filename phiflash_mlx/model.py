@@ -10,8 +10,9 @@
 # the Mamba state and conv window unchanged and are masked in every attention layer, so each
 # row gets what it gets alone. Quantized K/V (--kv-bits) is not supported: RotatingKVCache has
 # no quantized form, and mlx_lm.server never batches such requests.
-# Speed paths: one-token decode steps run as compiled functions per layer (the uncompiled path
-# stays: Model.set_compiled_decode(False), and padded Mamba steps use it); prompts scan with a
+# Speed paths: one-token decode steps with plain caches run as a few compiled functions over
+# many layers (WholeStep), with batch caches as compiled functions per layer (the uncompiled
+# path stays: Model.set_compiled_decode(False), and padded Mamba steps use it); prompts scan with a
 # CUDA kernel in chunks in time (self-checking), a self-checking Metal kernel (untested on
 # Apple hardware), numpy on the CPU, or the portable chunked scan; training on CUDA scans
 # through a forward/backward kernel pair; sliding-window prompts attend in bands.
