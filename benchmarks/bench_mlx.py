@@ -11,8 +11,9 @@ measured in one run after a warm-up:
   divided by the bandwidth of a large bf16 GEMV measured in the same run;
 * the selective scan alone: CUDA kernel (in time chunks, and in one pass) vs the portable
   chunked scan (and the former log-depth scan) vs the one-token path;
-* with ``--uncompiled-decode``, SambaY again with its decode steps uncompiled (the baseline
-  of the compiled per-layer decode functions, in the same run);
+* with ``--per-layer-decode``, SambaY again with its decode compiled per layer instead of the
+  whole-step decode (the baseline of the whole-step decode, in the same run); with
+  ``--uncompiled-decode``, again with its decode steps uncompiled;
 * prefill with the cross-decoder removed, to show that prompt chunks never run it.
 
     python benchmarks/bench_mlx.py --out results.json           # the full table (GPU)
@@ -236,7 +237,19 @@ def scan_bench(T: int, d: int, n: int) -> dict:
     return out
 
 
-def bench_model(name, build, quant, args, vocab, bw, compiled: bool = True):
+DECODE_LABELS = {"whole": "", "per-layer": " per-layer decode", "uncompiled": " uncompiled"}
+
+
+def bench_model(name, build, quant, args, vocab, bw, decode: str = "whole"):
+    """``decode``: SambaY's decode path, "whole" (the default), "per-layer" or "uncompiled"."""
+    if decode != "per-layer":
+        return _bench_model(name, build, quant, args, vocab, bw, decode)
+    with paths_off(model_mod, "WHOLE_STEP_DECODE"):
+        return _bench_model(name, build, quant, args, vocab, bw, decode)
+
+
+def _bench_model(name, build, quant, args, vocab, bw, decode):
+    compiled = decode != "uncompiled"
     mx.reset_peak_memory()
     model = build(args.quick)
     if not compiled:
@@ -246,7 +259,7 @@ def bench_model(name, build, quant, args, vocab, bw, compiled: bool = True):
     mx.clear_cache()
     mx.reset_peak_memory()  # peak of running the model, not of building random weights
     wbytes = nbytes(model)
-    label = name if compiled else name + " uncompiled"
+    label = name + DECODE_LABELS[decode]
     row = {"model": label, "quant": quant, "weight_GB": wbytes / 1e9}
     for n in args.prompts:
         prefill_tps(model, n, vocab)  # warm-up: compiles every chunk shape
@@ -258,7 +271,7 @@ def bench_model(name, build, quant, args, vocab, bw, compiled: bool = True):
         row[f"gen_{ctx}_tok_s"] = tps
         row[f"gen_{ctx}_floor_share"] = floor_s * tps
     row["peak_memory_GB"] = mx.get_peak_memory() / 1e9
-    if name == "sambay" and compiled and args.cross_check and args.prompts:
+    if name == "sambay" and decode == "whole" and args.cross_check and args.prompts:
         layers = model.model.layers
         model.model.layers = layers[: len(layers) // 2 + 2]
         n = args.prompts[-1]
@@ -312,14 +325,15 @@ def ratios(rows, args) -> list[str]:
         ]
         out.append(f"sambay/phi3 {q}: " + ", ".join(parts))
     for q in sorted({r["quant"] for r in rows}):
-        a, b = by.get(("sambay", q)), by.get(("sambay uncompiled", q))
-        if a and b:
-            parts = [
-                f"{k.replace('_tok_s', '')} {a[k] / b[k]:.2f}x"
-                for k in a
-                if k.startswith("gen_") and k.endswith("_tok_s")
-            ]
-            out.append(f"sambay compiled/uncompiled decode {q}: " + ", ".join(parts))
+        for base in ("per-layer", "uncompiled"):
+            a, b = by.get(("sambay", q)), by.get(("sambay" + DECODE_LABELS[base], q))
+            if a and b:
+                parts = [
+                    f"{k.replace('_tok_s', '')} {a[k] / b[k]:.2f}x"
+                    for k in a
+                    if k.startswith("gen_") and k.endswith("_tok_s")
+                ]
+                out.append(f"sambay whole-step/{base} decode {q}: " + ", ".join(parts))
     return out
 
 
@@ -333,6 +347,11 @@ def main(argv=None) -> int:
     p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--no-cross-check", dest="cross_check", action="store_false")
     p.add_argument("--no-scan", dest="scan", action="store_false")
+    p.add_argument(
+        "--per-layer-decode",
+        action="store_true",
+        help="also SambaY with its decode compiled per layer (the whole-step decode's baseline)",
+    )
     p.add_argument(
         "--uncompiled-decode",
         action="store_true",
@@ -359,9 +378,12 @@ def main(argv=None) -> int:
         for name in args.models.split(","):
             if q == "mixed" and name != "sambay":
                 continue
-            variants = [True, False] if name == "sambay" and args.uncompiled_decode else [True]
-            for compiled in variants:
-                row = bench_model(name, builders[name], q, args, vocab, bw, compiled)
+            variants = ["whole"]
+            if name == "sambay":
+                variants += ["per-layer"] * args.per_layer_decode
+                variants += ["uncompiled"] * args.uncompiled_decode
+            for decode in variants:
+                row = bench_model(name, builders[name], q, args, vocab, bw, decode)
                 results["rows"].append(row)
                 print(json.dumps(row), flush=True)
             if args.out:
