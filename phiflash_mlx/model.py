@@ -1274,16 +1274,13 @@ def _build_decode_fns(layer: "DecoderLayer") -> dict:
 WHOLE_STEP_DECODE = True
 
 
-def _reads_global_kv(kind: str) -> bool:
-    return kind in ("attn", "cross")
-
-
 class WholeStep:
     """The compiled segments of one model's decode step (see above)."""
 
     def __init__(self, model: "Phi4FlashModel"):
         self.layers = layers = list(model.layers)
-        self.cuts = [i for i, layer in enumerate(layers) if _reads_global_kv(layer.kind)]
+        # the attention calls over the global K/V: the global layer's, then the cross layers'
+        self.cuts = [i for i, layer in enumerate(layers) if layer.kind in ("attn", "cross")]
         self.pieces = [_decode_pieces(layer) for layer in layers]
         self.model = model
         self.fns = {}
@@ -1292,6 +1289,13 @@ class WholeStep:
         self.swa = [i for i, k in enumerate(kinds) if k == "swa"]
         self.attn = [layer.attn for layer in layers if isinstance(layer.attn, DiffAttention)]
         self._lams = ((), [])
+        # SambaY's layout: every cache-owning Mamba and window layer before the global layer
+        first = self.cuts[0] if self.cuts else None
+        self.applies = (
+            first is not None
+            and layers[first].kind == "attn"
+            and max(self.mamba + self.swa, default=-1) < first
+        )
 
     def lambdas(self) -> list:
         """Each attention layer's lambda (DiffLambda.full), kept while its parameters are the
@@ -1367,6 +1371,8 @@ class WholeStep:
 
     def __call__(self, inputs, cache):
         """The final hidden state for one token, or None where the caches do not allow it."""
+        if not self.applies:
+            return None
         g = self.cuts[0]  # the global layer: its cache is the last one
         if len(cache) <= g or type(cache[g]) is not KVCache:
             return None
