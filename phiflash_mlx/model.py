@@ -1492,7 +1492,8 @@ class Model(nn.Module):
         return self.model.layers
 
     def set_compiled_decode(self, on: bool) -> None:
-        """Compiled decode steps (the default) or the uncompiled path, for every layer."""
+        """Compiled decode steps (the default: whole-step where the caches allow it, else per
+        layer) or the uncompiled path, for every layer."""
         for layer in self.layers:
             object.__setattr__(layer, "compiled_decode", bool(on))
 
