@@ -835,7 +835,13 @@ class DiffLambda(nn.Module):
 
     def full(self, lambda_init: float):
         """lambda = exp(q1.k1) - exp(q2.k2) + lambda_init, in float32 (input-independent)."""
-        key = (id(self.lambda_q1), id(self.lambda_k1), id(self.lambda_q2), id(self.lambda_k2))
+        # read as dict items (a Module is a dict): this runs for every layer on every token
+        key = (
+            id(self["lambda_q1"]),
+            id(self["lambda_k1"]),
+            id(self["lambda_q2"]),
+            id(self["lambda_k2"]),
+        )
         cached = getattr(self, "_lambda_cache", None)
         if not self.training and cached is not None and cached[0] == key:
             return cached[1]
@@ -1288,7 +1294,7 @@ class WholeStep:
         self.mamba = [i for i, k in enumerate(kinds) if k in ("mamba", "mamba_mem")]
         self.swa = [i for i, k in enumerate(kinds) if k == "swa"]
         self.attn = [layer.attn for layer in layers if isinstance(layer.attn, DiffAttention)]
-        self._lams = ((), [])
+        self.lambdas = [(a.inner_cross_attn, a.lambda_init) for a in self.attn]
         # SambaY's layout: every cache-owning Mamba and window layer before the global layer
         first = self.cuts[0] if self.cuts else None
         self.applies = (
@@ -1296,17 +1302,6 @@ class WholeStep:
             and layers[first].kind == "attn"
             and max(self.mamba + self.swa, default=-1) < first
         )
-
-    def lambdas(self) -> list:
-        """Each attention layer's lambda (DiffLambda.full), kept while its parameters are the
-        same arrays (read from the modules' dicts: attribute access costs on every token)."""
-        icas = [a["inner_cross_attn"] for a in self.attn]
-        names = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
-        key = tuple(id(ica[n]) for ica in icas for n in names)
-        if key != self._lams[0]:
-            lams = [a.inner_cross_attn.full(a.lambda_init) for a in self.attn]
-            self._lams = (key, lams)
-        return self._lams[1]
 
     def matches(self, model) -> bool:
         return len(self.layers) == len(model.layers) and all(
@@ -1395,7 +1390,8 @@ class WholeStep:
             valid = min(c0.offset + 1, cap)
             masked = valid < cap
             pos = [mx.array([at, valid])]
-        lams = self.lambdas()  # swa layers first, then the global layer and the cross layers
+        # swa layers first, then the global layer and the cross layers
+        lams = [ica.full(lambda_init) for ica, lambda_init in self.lambdas]
         n = len(swa)
         out = self._segment(0, masked)(
             inputs,
@@ -1416,9 +1412,8 @@ class WholeStep:
             c.offset += 1
             c._idx = at + 1
         keys, values = cache[g].update_and_fetch(k, v)
-        sdpa = mx.fast.scaled_dot_product_attention
         for j, attn in enumerate(self.attn[n:]):
-            o = sdpa(q, keys, values, scale=attn.scale)
+            o = attn.attend(q, keys, values, None)
             q, h, memory, *_ = self._segment(j + 1, False)(
                 h, [o], [lams[n + j]], memory, [], [], [], [], []
             )
