@@ -82,71 +82,65 @@ def ms_per_prompt(model, T: int, repeat: int) -> float:
     return min(T / prefill_tps(model, T, vocab) for _ in range(repeat)) * 1e3
 
 
-def prompt_split(model, T: int, repeat: int, clear: bool) -> dict:
+def best_of(repeat: int, run) -> dict:
+    """The run (a dict of ms) with the smallest total "ms" of ``repeat``."""
+    return min((run() for _ in range(repeat)), key=lambda r: r["ms"])
+
+
+def prompt_split(model, T: int, clear: bool) -> dict:
     """A T-token prompt as prefill_tps runs it (one chunk of T - 1 tokens, then the last
     token's logits), timed in pieces: the chunk's graph build (Python) and its evaluation,
-    then the last token; the best of ``repeat`` by total. ``clear``: empty MLX's buffer cache
-    after each prompt, as mlx-lm's prefill does after each chunk."""
-    best = None
-    for _ in range(repeat):
-        toks = mx.random.randint(0, model.args.vocab_size, (1, T))
-        cache = make_prompt_cache(model)
-        mx.eval(toks)
-        mx.synchronize()
-        t0 = time.perf_counter()
-        model(toks[:, : T - 1], cache=cache)
-        states = [c.state for c in cache]
-        t1 = time.perf_counter()
-        mx.eval(states)
-        mx.synchronize()
-        t2 = time.perf_counter()
-        mx.eval(model(toks[:, T - 1 :], cache=cache)[:, -1])
-        mx.synchronize()
-        t3 = time.perf_counter()
-        del cache, states
-        if clear:
-            mx.clear_cache()
-        ms = [round((b - a) * 1e3, 3) for a, b in ((t0, t1), (t1, t2), (t2, t3), (t0, t3))]
-        r = dict(zip(("chunk_build_ms", "chunk_eval_ms", "last_token_ms", "ms"), ms))
-        if best is None or r["ms"] < best["ms"]:
-            best = r
-    return best
-
-
-def decode_split(model, ctx: int, n: int, repeat: int) -> dict:
-    """Greedy decode at context ``ctx`` as generate_step pipelines it: build token t+1's graph,
-    async_eval it, then wait for token t. Mean ms per token of each part; the best of
-    ``repeat`` runs by total."""
-    best = None
-    for _ in range(repeat):
-        cache = filled_cache(model, ctx, mx.bfloat16)
-
-        def step(y, cache=cache):
-            return mx.argmax(model(y, cache=cache)[:, -1], axis=-1)[:, None]
-
-        nxt = step(mx.array([[1]]))
-        mx.async_eval(nxt)
-        parts = [0.0, 0.0, 0.0]
-        start = time.perf_counter()
-        for _ in range(n):
-            t0 = time.perf_counter()
-            cur, nxt = nxt, step(nxt)
-            t1 = time.perf_counter()
-            mx.async_eval(nxt)
-            t2 = time.perf_counter()
-            cur.item()
-            t3 = time.perf_counter()
-            for i, (a, b) in enumerate(((t0, t1), (t1, t2), (t2, t3))):
-                parts[i] += b - a
-        total = time.perf_counter() - start
-        mx.eval(nxt)
-        del cache
+    then the last token. ``clear``: empty MLX's buffer cache after the prompt, as mlx-lm's
+    prefill does after each chunk."""
+    toks = mx.random.randint(0, model.args.vocab_size, (1, T))
+    cache = make_prompt_cache(model)
+    mx.eval(toks)
+    mx.synchronize()
+    t0 = time.perf_counter()
+    model(toks[:, : T - 1], cache=cache)
+    states = [c.state for c in cache]
+    t1 = time.perf_counter()
+    mx.eval(states)
+    mx.synchronize()
+    t2 = time.perf_counter()
+    mx.eval(model(toks[:, T - 1 :], cache=cache)[:, -1])
+    mx.synchronize()
+    t3 = time.perf_counter()
+    del cache, states
+    if clear:
         mx.clear_cache()
-        ms = [round(x / n * 1e3, 3) for x in (*parts, total)]
-        r = dict(zip(("build_ms", "async_eval_ms", "wait_ms", "ms"), ms))
-        if best is None or r["ms"] < best["ms"]:
-            best = r
-    return best
+    ms = [round((b - a) * 1e3, 3) for a, b in ((t0, t1), (t1, t2), (t2, t3), (t0, t3))]
+    return dict(zip(("chunk_build_ms", "chunk_eval_ms", "last_token_ms", "ms"), ms))
+
+
+def decode_split(model, ctx: int, n: int) -> dict:
+    """n greedy tokens at context ``ctx`` as generate_step pipelines them: build token t+1's
+    graph, async_eval it, then wait for token t. Mean ms per token of each part."""
+    cache = filled_cache(model, ctx, mx.bfloat16)
+
+    def step(y, cache=cache):
+        return mx.argmax(model(y, cache=cache)[:, -1], axis=-1)[:, None]
+
+    nxt = step(mx.array([[1]]))
+    mx.async_eval(nxt)
+    parts = [0.0, 0.0, 0.0]
+    start = time.perf_counter()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        cur, nxt = nxt, step(nxt)
+        t1 = time.perf_counter()
+        mx.async_eval(nxt)
+        t2 = time.perf_counter()
+        cur.item()
+        t3 = time.perf_counter()
+        for i, (a, b) in enumerate(((t0, t1), (t1, t2), (t2, t3))):
+            parts[i] += b - a
+    total = time.perf_counter() - start
+    mx.eval(nxt)
+    del cache
+    mx.clear_cache()
+    ms = [round(x / n * 1e3, 3) for x in (*parts, total)]
+    return dict(zip(("build_ms", "async_eval_ms", "wait_ms", "ms"), ms))
 
 
 def main(argv=None) -> int:
@@ -174,14 +168,16 @@ def main(argv=None) -> int:
 
     def split(name: str, model) -> None:  # the first chunk's (a token's) build and evaluation
         if not a.prefill:
-            r = {"variant": name} | decode_split(model, a.ctx, a.gen_tokens, a.repeat)
+            r = {"variant": name} | best_of(
+                a.repeat, lambda: decode_split(model, a.ctx, a.gen_tokens)
+            )
             split_rows.append(r)
             print(json.dumps(r), flush=True)
             return
         for clear in (True, False):
             kept = "emptied" if clear else "kept"
             r = {"variant": f"{name}, buffer cache {kept}"}
-            r |= prompt_split(model, a.prefill, a.repeat, clear)
+            r |= best_of(a.repeat, lambda c=clear: prompt_split(model, a.prefill, c))
             split_rows.append(r)
             print(json.dumps(r), flush=True)
 
