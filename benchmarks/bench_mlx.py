@@ -242,9 +242,7 @@ DECODE_LABELS = {"whole": "", "per-layer": " per-layer decode", "uncompiled": " 
 
 def bench_model(name, build, quant, args, vocab, bw, decode: str = "whole"):
     """``decode``: SambaY's decode path, "whole" (the default), "per-layer" or "uncompiled"."""
-    if decode != "per-layer":
-        return _bench_model(name, build, quant, args, vocab, bw, decode)
-    with paths_off(model_mod, "WHOLE_STEP_DECODE"):
+    with paths_off(model_mod, *(["WHOLE_STEP_DECODE"] if decode == "per-layer" else [])):
         return _bench_model(name, build, quant, args, vocab, bw, decode)
 
 
