@@ -1,6 +1,7 @@
 """The MLX model's GPU paths on a CUDA device: the fixture's float32 logits, with prompts through
-the CUDA scan kernel, against golden and against the portable scan's on the same device; and the
-kernel against the portable chunked scan on random inputs.
+the CUDA scan kernel and decode steps through the whole-step decode, against golden and against
+the portable scan's on the same device; and the kernel against the portable chunked scan on
+random inputs.
 
 MLX runs float32 matmuls as TF32 on CUDA by default (1.7e-3 relative on the fixture's prefill
 logits on an H100, 2026-12-06), so the model comparisons run in a child process with
@@ -33,7 +34,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 # in full float32: prefill, uneven chunks and decode steps against golden, how many prompt scans
-# took the CUDA kernel, and the prefill with the portable scan against the kernel's
+# took the CUDA kernel and how many decode steps the whole-step path, and the prefill with the
+# portable scan against the kernel's
 GOLDEN_CHILD = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -49,6 +51,13 @@ def counted(*args):
     calls.append(1)
     return kernel(*args)
 model_mod.ssm_scan_cuda = counted
+whole = []
+step = model_mod.WholeStep.__call__
+def whole_counted(self, *args):
+    out = step(self, *args)
+    whole.append(out is not None)
+    return out
+model_mod.WholeStep.__call__ = whole_counted
 model, _ = load(TINY, dtype=mx.float32)
 g = dict(np.load(TINY / "golden.npz"))
 p = g["prompt_ids"]
@@ -58,6 +67,7 @@ errs = {
     "chunked": rel_err(run_chunks(model, p, g["chunk_bounds"]), g["logits_chunked"]),
     "decode": rel_err(run_decode(model, p, g["decode_ids"]), g["logits_decode"]),
     "kernel_calls": len(calls),
+    "whole_steps": sum(whole),
 }
 model_mod.ssm_scan_cuda = model_mod.ssm_scan_chunked
 errs["portable_vs_kernel"] = rel_err(run_prefill(model, p), prefill.astype(np.float64))
@@ -77,6 +87,7 @@ def test_fp32_logits_through_the_cuda_scan_match_golden():
     assert proc.returncode == 0, proc.stderr[-2000:]
     errs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert errs.pop("kernel_calls") > 0, "the prompts did not take the CUDA scan kernel"
+    assert errs.pop("whole_steps") > 0, "no decode step took the whole-step path"
     assert errs.pop("portable_vs_kernel") <= 1e-5, errs
     assert max(errs.values()) <= 1e-4, errs
 
