@@ -2,10 +2,13 @@
 with ``--kernels``, the primitives of one whole decode step and the host time to build it.
 
 python benchmarks/profile_layers.py [--tokens 2048] [--quick]
-python benchmarks/profile_layers.py --kernels [--ctx 64]
+python benchmarks/profile_layers.py --kernels [--ctx 64] [--quant 4bit]
 
 ``--kernels`` builds SambaY and mlx-lm's phi3 at Phi-4-mini's layer counts (the quick widths:
-a graph's primitives do not depend on width), fills their caches, runs one decode token
+a graph's primitives do not depend on width, except that a fused kernel may take only some
+head sizes: on MLX-CUDA phi3's quick head size of 32 attends unfused, its real 96 in one
+kernel), with ``--quant`` its weights as ``bench_mlx.py`` prepares them, fills their caches,
+runs one decode token
 (logits and every updated cache array, unevaluated) and counts the nodes of that graph as
 ``mx.export_to_dot`` writes it: SambaY with its compiled decode steps and with the uncompiled
 path, phi3 as mlx-lm runs it. "kernels" leaves out the primitives that only make a view
@@ -99,11 +102,13 @@ def count_decode(model, ctx: int) -> dict:
     }
 
 
-def count_kernels(ctx: int) -> None:
-    from bench_mlx import ours_model, phi3_model
+def count_kernels(ctx: int, quant: str) -> None:
+    from bench_mlx import ours_model, phi3_model, prepare
 
     rows = {}
     ours = ours_model(True)
+    if quant != "none":
+        prepare(ours, quant)
     ours.eval()
     for label, on in (("sambay uncompiled", False), ("sambay compiled per layer", True)):
         ours.set_compiled_decode(on)
@@ -111,9 +116,14 @@ def count_kernels(ctx: int) -> None:
             rows[label] = count_decode(ours, ctx)
     rows["sambay whole-step (default)"] = count_decode(ours, ctx)
     phi = phi3_model(True)
+    if quant != "none":
+        prepare(phi, quant)
     phi.eval()
     rows["phi3 (mlx-lm)"] = count_decode(phi, ctx)
-    print(f"one decode token at context {ctx}, device {mx.default_device()}, MLX {mx.__version__}")
+    print(
+        f"one decode token at context {ctx}, weights {quant}, device {mx.default_device()}, "
+        f"MLX {mx.__version__}"
+    )
     print("| model | primitives | kernels (no views) | build ms |\n|---|---|---|---|")
     for label, r in rows.items():
         print(f"| {label} | {r['primitives']} | {r['kernels']} | {r['build_ms']:.2f} |")
@@ -128,9 +138,15 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--kernels", action="store_true", help="count one decode step's primitives")
     p.add_argument("--ctx", type=int, default=64, help="context for --kernels")
+    p.add_argument(
+        "--quant",
+        default="none",
+        choices=("none", "bf16", "8bit", "4bit"),
+        help="--kernels: weights as bench_mlx.py prepares them (none: float32 as built)",
+    )
     a = p.parse_args()
     if a.kernels:
-        count_kernels(a.ctx)
+        count_kernels(a.ctx, a.quant)
         return
     args = ModelArgs.from_dict(real_config(a.quick))
     T, H = a.tokens, args.hidden_size
