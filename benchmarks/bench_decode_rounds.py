@@ -2,9 +2,9 @@
 when the machine's speed does not.
 
 On a GPU, decode at short context is bound by the host (``profile_decode.py``'s split: the
-device waits for the next token's kernels, not the other way round), so its speed follows
-whatever else the host is doing: the same 4-bit run on an H100 read 278 and then 123 tok/s for
-phi3 minutes apart. ``bench_mlx.py`` times each model once, one after the other; here both
+device waits for the next token's kernels, not the other way round), and its speed moves
+between runs: two 4-bit runs on H100 machines fourteen minutes apart read 278 and 123 tok/s
+for phi3. ``bench_mlx.py`` times each model once, one after the other; here both
 models (and SambaY's per-layer decode, the whole step's baseline) stay loaded and decode in
 rounds, the order turning each round, and the table gives each one's median tok/s and the
 median and quartiles of the per-round ratios. Models and caches as ``bench_mlx.py`` builds
@@ -25,15 +25,16 @@ import _common  # noqa: F401  (first: the project on the path, OpenBLAS loaded b
 import mlx.core as mx
 import numpy as np
 from _common import paths_off
-from bench_mlx import decode_tps, ours_model, phi3_model, prepare
+from bench_mlx import DECODE_LABELS, decode_tps, ours_model, phi3_model, prepare
 
 from phiflash_mlx import model as model_mod
 
-VARIANTS = ("phi3", "sambay", "sambay per-layer decode")
+PER_LAYER = "sambay" + DECODE_LABELS["per-layer"]  # bench_mlx.py's row name
+VARIANTS = ("phi3", "sambay", PER_LAYER)
 
 
 def tps(models: dict, name: str, ctx: int, n: int) -> float:
-    if name == "sambay per-layer decode":
+    if name == PER_LAYER:
         with paths_off(model_mod, "WHOLE_STEP_DECODE"):
             return decode_tps(models["sambay"], ctx, n, mx.bfloat16)
     return decode_tps(models[name], ctx, n, mx.bfloat16)
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     for ctx, runs in rounds.items():
         tok = {k: np.array(v) for k, v in runs.items()}
         ratio = tok["sambay"] / tok["phi3"]
-        whole = tok["sambay"] / tok["sambay per-layer decode"]
+        whole = tok["sambay"] / tok[PER_LAYER]
         cells = [f"{np.median(tok[k]):.0f}" for k in VARIANTS]
         print(f"| {ctx} | " + " | ".join(cells) + f" | {quartiles(ratio)} | {quartiles(whole)} |")
     if a.out:

@@ -6,8 +6,8 @@ python benchmarks/profile_layers.py --kernels [--ctx 64] [--quant 4bit]
 
 ``--kernels`` builds SambaY and mlx-lm's phi3 at Phi-4-mini's layer counts (the quick widths:
 a graph's primitives do not depend on width, except that a fused kernel may take only some
-head sizes: on MLX-CUDA phi3's quick head size of 32 attends unfused, its real 96 in one
-kernel), with ``--quant`` its weights as ``bench_mlx.py`` prepares them, fills their caches,
+head sizes: on MLX-CUDA phi3's quick head size of 32 attended unfused; its real 96 was not
+counted), with ``--quant`` its weights as ``bench_mlx.py`` prepares them, fills their caches,
 runs one decode token
 (logits and every updated cache array, unevaluated) and counts the nodes of that graph as
 ``mx.export_to_dot`` writes it: SambaY with its compiled decode steps and with the uncompiled
@@ -105,21 +105,21 @@ def count_decode(model, ctx: int) -> dict:
 def count_kernels(ctx: int, quant: str) -> None:
     from bench_mlx import ours_model, phi3_model, prepare
 
+    def build(make):
+        model = make(True)
+        if quant != "none":
+            prepare(model, quant)
+        model.eval()
+        return model
+
     rows = {}
-    ours = ours_model(True)
-    if quant != "none":
-        prepare(ours, quant)
-    ours.eval()
+    ours = build(ours_model)
     for label, on in (("sambay uncompiled", False), ("sambay compiled per layer", True)):
         ours.set_compiled_decode(on)
         with paths_off(model_mod, "WHOLE_STEP_DECODE"):
             rows[label] = count_decode(ours, ctx)
     rows["sambay whole-step (default)"] = count_decode(ours, ctx)
-    phi = phi3_model(True)
-    if quant != "none":
-        prepare(phi, quant)
-    phi.eval()
-    rows["phi3 (mlx-lm)"] = count_decode(phi, ctx)
+    rows["phi3 (mlx-lm)"] = count_decode(build(phi3_model), ctx)
     print(
         f"one decode token at context {ctx}, weights {quant}, device {mx.default_device()}, "
         f"MLX {mx.__version__}"
