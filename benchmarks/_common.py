@@ -66,8 +66,8 @@ use_project()
 @contextmanager
 def paths_off(module, *flags: str) -> Iterator[None]:
     """The model file ``module`` with the speed-path switches ``flags`` (``SCAN_TIME_CHUNKS``,
-    ``BANDED_WINDOW_PREFILL``, ``WHOLE_STEP_DECODE``) off, so its former paths run; set back
-    as they were after."""
+    ``BANDED_WINDOW_PREFILL``, ``WHOLE_STEP_DECODE``, ``STEP_KERNELS``) off, so its former paths
+    run; set back as they were after."""
     before = {flag: getattr(module, flag) for flag in flags}
     for flag in flags:
         setattr(module, flag, False)

@@ -5,9 +5,10 @@ On a GPU, decode at short context is bound by the host (``profile_decode.py``'s 
 device waits for the next token's kernels, not the other way round), and its speed moves
 between runs: two 4-bit runs on H100 machines fourteen minutes apart read 278 and 123 tok/s
 for phi3. ``bench_mlx.py`` times each model once, one after the other; here both
-models (and SambaY's per-layer decode, the whole step's baseline) stay loaded and decode in
-rounds, the order turning each round, and the table gives each one's median tok/s and the
-median and quartiles of the per-round ratios. Models and caches as ``bench_mlx.py`` builds
+models (and SambaY's per-layer decode, the whole step's baseline, and its decode without the
+Mamba step kernels, theirs) stay loaded and decode in rounds, the order turning each round,
+and the table gives each one's median tok/s and the median and quartiles of the per-round
+ratios. Models and caches as ``bench_mlx.py`` builds
 them (full size, random weights, caches filled with random K/V and states, mlx-lm's
 ``generate_step``).
 
@@ -30,14 +31,14 @@ from bench_mlx import DECODE_LABELS, decode_tps, ours_model, phi3_model, prepare
 from phiflash_mlx import model as model_mod
 
 PER_LAYER = "sambay" + DECODE_LABELS["per-layer"]  # bench_mlx.py's row name
-VARIANTS = ("phi3", "sambay", PER_LAYER)
+NO_KERNELS = "sambay without step kernels"
+VARIANTS = ("phi3", "sambay", PER_LAYER, NO_KERNELS)
+FLAGS_OFF = {PER_LAYER: ["WHOLE_STEP_DECODE"], NO_KERNELS: ["STEP_KERNELS"]}
 
 
 def tps(models: dict, name: str, ctx: int, n: int) -> float:
-    if name == PER_LAYER:
-        with paths_off(model_mod, "WHOLE_STEP_DECODE"):
-            return decode_tps(models["sambay"], ctx, n, mx.bfloat16)
-    return decode_tps(models[name], ctx, n, mx.bfloat16)
+    with paths_off(model_mod, *FLAGS_OFF.get(name, [])):
+        return decode_tps(models.get(name, models["sambay"]), ctx, n, mx.bfloat16)
 
 
 def quartiles(x) -> str:
@@ -73,14 +74,15 @@ def main(argv=None) -> int:
             sys.stdout.flush()
 
     print(f"\n{a.quant}, {a.rounds} rounds of {a.gen_tokens} tokens, medians (quartiles)")
-    head = ("context", "phi3 tok/s", "SambaY tok/s", "per-layer tok/s", "SambaY / phi3")
-    print("| " + " | ".join(head) + " | whole / per-layer |\n" + "|---" * 6 + "|")
+    head = ["context", "phi3 tok/s", "SambaY tok/s", "per-layer tok/s", "no-kernels tok/s"]
+    head += ["SambaY / phi3", "whole / per-layer", "kernels / none"]
+    print("| " + " | ".join(head) + " |\n" + "|---" * len(head) + "|")
     for ctx, runs in rounds.items():
         tok = {k: np.array(v) for k, v in runs.items()}
-        ratio = tok["sambay"] / tok["phi3"]
-        whole = tok["sambay"] / tok[PER_LAYER]
         cells = [f"{np.median(tok[k]):.0f}" for k in VARIANTS]
-        print(f"| {ctx} | " + " | ".join(cells) + f" | {quartiles(ratio)} | {quartiles(whole)} |")
+        for a_, b_ in (("sambay", "phi3"), ("sambay", PER_LAYER), ("sambay", NO_KERNELS)):
+            cells.append(quartiles(tok[a_] / tok[b_]))
+        print(f"| {ctx} | " + " | ".join(cells) + " |")
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"args": vars(a), "rounds": rounds}, f, indent=1)

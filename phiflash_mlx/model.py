@@ -693,6 +693,208 @@ def selective_scan(u, dt, A, B, C, D, state, training: bool = False):
 
 
 # ---------------------------------------------------------------------------------------------
+# Decode-step kernels. On a GPU a one-token Mamba step is two kernels where the compiled
+# functions (conv_step, mamba_step, the slices and squeezes between them) give about 30
+# primitives a layer, each of which costs the host time to encode: a short-context decode
+# waits on the host, not on the device (benchmarks/results/mlx_h100.md). The conv kernel, one
+# thread per (sequence, channel), reads x from in_proj's output and the conv window and writes
+# u = SiLU(conv) and the shifted window; after x_proj and dt_proj, the scan kernel, one thread
+# per (sequence, channel, state) with a channel's NS lanes in one warp / SIMD group, computes
+# softplus(dt), the state update, y = s . C + D u (a shuffle reduction) and the gated output
+# y SiLU(z), reading B, C from x_proj's output and z from in_proj's. All arithmetic in
+# float32 as in mamba_step; outputs other than the state in the model's dtype (T). Both
+# backends check themselves once per process and dtype against the compiled functions on
+# random inputs (the Metal spelling is untested on Apple hardware); a failure turns them off
+# for the process, logs one warning (step_kernel_note()), and decode keeps the compiled path.
+_STEP_CONV_SRC = """
+    @UINT@ gid = @GID@;
+    int nb = dims[0];
+    if (gid >= (@UINT@)(nb * DI)) return;
+    @UINT@ d = gid % DI, b = gid / DI;
+    size_t w0 = (size_t)d * KC, s0 = (size_t)b * (KC - 1) * DI + d;
+    float c = static_cast<float>(bias[d]);
+    for (int k = 0; k < KC - 1; ++k) {
+        float x = static_cast<float>(conv_state[s0 + k * DI]);
+        c += static_cast<float>(wc[w0 + k]) * x;
+        if (k > 0) conv_out[s0 + (k - 1) * DI] = static_cast<T>(x);
+    }
+    float x = static_cast<float>(xz[(size_t)b * 2 * DI + d]);
+    c += static_cast<float>(wc[w0 + KC - 1]) * x;
+    conv_out[s0 + (KC - 2) * DI] = static_cast<T>(x);
+    u[(size_t)b * DI + d] = static_cast<T>(c * (1.0f / (1.0f + @EXP@(-c))));
+"""
+_STEP_SCAN_SRC = """
+    @UINT@ gid = @GID@;
+    int nb = dims[0];
+    @UINT@ n = gid % NS, ch = gid / NS;
+    bool active = ch < (@UINT@)(nb * DI);
+    if (!active) ch = 0;
+    @UINT@ d = ch % DI, b = ch / DI;
+    float x = static_cast<float>(dtl[(size_t)b * DI + d]);
+    float e = @EXP@(-(x < 0.0f ? -x : x));
+    float dtv = x > 20.0f ? x : (x > 0.0f ? x : 0.0f) + @LOG1P_E@;
+    float a = -@EXP@(static_cast<float>(A_log[(size_t)d * NS + n]));
+    float uv = static_cast<float>(u[(size_t)b * DI + d]);
+    size_t row = (size_t)b * (R + 2 * NS);
+    float bv = static_cast<float>(dbc[row + R + n]), cv = static_cast<float>(dbc[row + R + NS + n]);
+    size_t si = ((size_t)b * DI + d) * NS + n;
+    float s = @EXP@(dtv * a) * static_cast<float>(state[si]) + dtv * uv * bv;
+    float p = s * cv;
+    for (@OFF@ off = NS / 2; off > 0; off >>= 1) p += @SHUFFLE@;
+    if (active) state_out[si] = s;
+    if (active && n == 0) {
+        float yv = p + static_cast<float>(D[d]) * uv;
+        float zv = static_cast<float>(xz[(size_t)b * 2 * DI + DI + d]);
+        y[(size_t)b * DI + d] = static_cast<T>(yv);
+        gated[(size_t)b * DI + d] = static_cast<T>(yv * (zv * (1.0f / (1.0f + @EXP@(-zv)))));
+    }
+"""
+_STEP_IO = {
+    "conv": ("sambay_step_conv", ["xz", "conv_state", "wc", "bias", "dims"], ["u", "conv_out"]),
+    "scan": (
+        "sambay_step_scan",
+        ["xz", "u", "dbc", "dtl", "A_log", "D", "state", "dims"],
+        ["gated", "y", "state_out"],
+    ),
+}
+_STEP_SRC = {"conv": _STEP_CONV_SRC, "scan": _STEP_SCAN_SRC}
+_LOG1P_E = {  # log(1 + e) for 0 < e <= 1; Metal has no log1p
+    "cuda": "log1pf(e)",
+    "metal": "(e < 1e-3f ? e * (1.0f - 0.5f * e) : metal::log(1.0f + e))",
+}
+
+
+def _step_source(which: str, backend: str) -> str:
+    spell = (_CUDA_SPELLING if backend == "cuda" else _METAL_SPELLING) | {
+        "LOG1P_E": _LOG1P_E[backend]
+    }
+    src = _STEP_SRC[which]
+    for key, text in spell.items():
+        src = src.replace(f"@{key}@", text)
+    return src
+
+
+@cache
+def _step_kernel(which: str, backend: str):
+    """The decode-step kernel ``which`` ("conv" or "scan") for ``backend``, built on first use."""
+    name, inputs, outputs = _STEP_IO[which]
+    make = mx.fast.cuda_kernel if backend == "cuda" else mx.fast.metal_kernel
+    return make(
+        name=name, input_names=inputs, output_names=outputs, source=_step_source(which, backend)
+    )
+
+
+def step_conv(kernel, xz, conv_state, w, bias):
+    """conv_step's (u [b, d], new conv window) from in_proj's output xz [b, 1, 2d]."""
+    b, K, d = xz.shape[0], w.shape[-1], w.shape[0]
+    u, conv = kernel(
+        inputs=[xz, conv_state, w, bias, mx.array([b], dtype=mx.int32)],
+        template=[("T", xz.dtype), ("DI", d), ("KC", K)],
+        grid=(((b * d + 127) // 128) * 128, 1, 1),
+        threadgroup=(128, 1, 1),
+        output_shapes=[(b, d), (b, K - 1, d)],
+        output_dtypes=[xz.dtype, xz.dtype],
+    )
+    return u, conv
+
+
+def step_scan(kernel, xz, u, dbc, dtl, A_log, D, state):
+    """mamba_step's (gated [b, 1, d], y [b, 1, d], state) from x_proj's output dbc [b, r+2n]
+    and dt_proj's dtl [b, d]."""
+    b, d, n = state.shape
+    gated, y, state = kernel(
+        inputs=[xz, u, dbc, dtl, A_log, D, state, mx.array([b], dtype=mx.int32)],
+        template=[("T", xz.dtype), ("DI", d), ("NS", n), ("R", dbc.shape[-1] - 2 * n)],
+        grid=(((b * d * n + 127) // 128) * 128, 1, 1),
+        threadgroup=(128, 1, 1),
+        output_shapes=[(b, 1, d), (b, 1, d), (b, d, n)],
+        output_dtypes=[xz.dtype, xz.dtype, mx.float32],
+    )
+    return gated, y, state
+
+
+STEP_KERNELS = True  # False: GPU decode steps keep the compiled functions (benchmarks)
+STEP_CHECK_TOL = 1e-3  # max |kernel - compiled| / max |compiled| (or two roundings of dtype)
+_step = {"ok": {}, "note": None}  # ok: dtype -> bool once checked
+
+
+def _step_reference(xz, conv_state, w, bias, x_proj, dt_proj, A_log, D, state):
+    """The compiled functions' Mamba step from in_proj's output, as _decode_pieces runs it."""
+    d = w.shape[0]
+    u, conv = conv_step(conv_state, xz[..., :d], w, bias)
+    dbc = u[:, 0] @ x_proj
+    r = dbc.shape[-1] - 2 * state.shape[-1]
+    dtl = dbc[:, :r] @ dt_proj
+    B, C = dbc[:, r : r + state.shape[-1]], dbc[:, r + state.shape[-1] :]
+    gated, y, state = mamba_step(u[:, 0], dtl, A_log, B, C, D, state, xz[:, 0, d:])
+    return gated[:, None], y[:, None], conv, state
+
+
+def _step_kernels_run(backend, xz, conv_state, w, bias, x_proj, dt_proj, A_log, D, state):
+    u, conv = step_conv(_step_kernel("conv", backend), xz, conv_state, w, bias)
+    dbc = u @ x_proj
+    r = dbc.shape[-1] - 2 * state.shape[-1]
+    dtl = dbc[:, :r] @ dt_proj
+    gated, y, state = step_scan(_step_kernel("scan", backend), xz, u, dbc, dtl, A_log, D, state)
+    return gated, y, conv, state
+
+
+def _step_check_failure(backend: str, dtype) -> str | None:
+    """Why the step kernels do not give the compiled functions' outputs on random inputs of
+    ``dtype`` (a compile or launch error, or a mismatch above STEP_CHECK_TOL), or None."""
+    b, d, n, r, K = 2, 64, 16, 8, 4
+    key = mx.random.key(0)
+    ks = mx.random.split(key, 9)
+    args = (
+        mx.random.normal((b, 1, 2 * d), key=ks[0]).astype(dtype),
+        mx.random.normal((b, K - 1, d), key=ks[1]).astype(dtype),
+        (0.5 * mx.random.normal((d, 1, K), key=ks[2])).astype(dtype),
+        (0.1 * mx.random.normal((d,), key=ks[3])).astype(dtype),
+        (0.2 * mx.random.normal((d, r + 2 * n), key=ks[4])).astype(dtype),
+        (0.3 * mx.random.normal((r, d), key=ks[5])).astype(dtype),
+        mx.log(mx.broadcast_to(mx.arange(1, n + 1, dtype=mx.float32), (d, n))),
+        mx.random.normal((d,), key=ks[6]),
+        mx.random.normal((b, d, n), key=ks[7]),
+    )
+    try:
+        got = _step_kernels_run(backend, *args)
+        want = _step_reference(*args)
+        mx.eval(got, want)
+        err = 0.0
+        for g, w in zip(got, want):
+            g, w = g.astype(mx.float32), w.astype(mx.float32)
+            scale = max(mx.abs(w).max().item(), 1e-6)
+            err = max(err, mx.abs(g - w).max().item() / scale)
+    except Exception as e:  # a compile or launch error: any of them means "off"
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if not err <= max(STEP_CHECK_TOL, 2 * mx.finfo(dtype).eps):  # one rounding; catches NaN
+        return f"mismatch {err:.2g} against the compiled step on its self-check"
+    return None
+
+
+def step_kernels_backend(dtype) -> str | None:
+    """The backend whose decode-step kernels serve a Mamba step in ``dtype`` ("cuda" or
+    "metal", once they have passed their self-check in this process), or None."""
+    backend = _gpu_backend() if STEP_KERNELS else None
+    if backend is None:
+        return None
+    ok = _step["ok"].get(dtype)
+    if ok is None:
+        why = _step_check_failure(backend, dtype)
+        ok = why is None
+        if why:
+            _step["note"] = f"{backend} decode-step kernels off ({why}); using compiled steps"
+            _log.warning(_step["note"])
+        _step["ok"][dtype] = ok
+    return backend if ok else None
+
+
+def step_kernel_note() -> str | None:
+    """Why the decode-step kernels are off in this process (None while on or unchecked)."""
+    return _step["note"]
+
+
+# ---------------------------------------------------------------------------------------------
 # Blocks
 
 
@@ -1136,10 +1338,13 @@ class DecoderLayer(nn.Module):
     def _compiled_step(self, h, cache, memory, shared_kv, mask):
         """One decode token through the compiled functions, or None where they do not apply
         (a padded Mamba step, a cache of another kind): the caller then runs the plain path."""
-        fns = self.__dict__.get("_decode_fns")
+        built = self.__dict__.get("_decode_fns")
+        if built is None:
+            built = {}
+            object.__setattr__(self, "_decode_fns", built)
+        fns = built.get(STEP_KERNELS)  # one set with, one without the step kernels
         if fns is None:
-            fns = _build_decode_fns(self)
-            object.__setattr__(self, "_decode_fns", fns)
+            fns = built[STEP_KERNELS] = _build_decode_fns(self)
         kind = self.kind
         if kind == "gmu":
             h, hn = fns["layer"](h, memory)
@@ -1228,13 +1433,29 @@ def _decode_pieces(layer: "DecoderLayer") -> dict:
     if layer.kind in ("mamba", "mamba_mem"):
         mb = attn
 
+        r, n = mb.dt_rank, mb.d_state
+        fits = n <= 32 and n & (n - 1) == 0
+        backend = step_kernels_backend(mb.conv1d.weight.dtype) if fits else None
+
         def mamba(h, conv_state, state):  # Mamba._step's conv_step and mamba_step, traced in
-            xb, z = mx.split(mb.in_proj(pre_norm(h)), 2, axis=-1)
+            xz = mb.in_proj(pre_norm(h))
             conv = mb.conv1d
-            u, new_conv = conv_step(conv_state, xb, conv.weight, conv.bias_or_zeros(xb.dtype))
+            bias = conv.bias_or_zeros(xz.dtype)
+            if backend is not None:  # the decode-step kernels (see above)
+                u, new_conv = step_conv(
+                    _step_kernel("conv", backend), xz, conv_state, conv.weight, bias
+                )
+                dbc = mb.x_proj(u)
+                dtl = mb.dt_proj(dbc[:, :r])
+                gated, y, state = step_scan(
+                    _step_kernel("scan", backend), xz, u, dbc, dtl, mb.A_log, mb.D, state
+                )
+                h, hn = tail(h, mb.out_proj(gated).astype(f32))
+                return h, hn, y, new_conv, state
+            xb, z = mx.split(xz, 2, axis=-1)
+            u, new_conv = conv_step(conv_state, xb, conv.weight, bias)
             u = u[:, 0]  # [b, d]
             dbc = mb.x_proj(u)
-            r, n = mb.dt_rank, mb.d_state
             dt, B, C = dbc[:, :r], dbc[:, r : r + n], dbc[:, r + n :]
             gated, y, state = mamba_step(u, mb.dt_proj(dt), mb.A_log, B, C, mb.D, state, z[:, 0])
             h, hn = tail(h, mb.out_proj(gated)[:, None].astype(f32))
@@ -1460,10 +1681,13 @@ class Phi4FlashModel(nn.Module):
     def _whole_step(self, inputs, cache):
         if not all(isinstance(x, DecoderLayer) and x.compiled_decode for x in self.layers):
             return None
-        whole = self.__dict__.get("_whole")
+        built = self.__dict__.get("_whole")
+        if built is None:
+            built = {}
+            object.__setattr__(self, "_whole", built)
+        whole = built.get(STEP_KERNELS)  # one with, one without the step kernels
         if whole is None or not whole.matches(self):
-            whole = WholeStep(self)
-            object.__setattr__(self, "_whole", whole)
+            whole = built[STEP_KERNELS] = WholeStep(self)
         return whole(inputs, cache)
 
 

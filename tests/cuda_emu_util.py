@@ -9,7 +9,8 @@ thread and block indices are thread-local variables, every warp runs as 32 OS th
 warps run one after another, which the kernels allow (no shared memory, no block barriers).
 
 ``kernel(which)`` returns a callable with the signature MLX's kernels have, so a test can
-monkeypatch ``phiflash_mlx.model._cuda_kernel`` and run the model's own launch code.
+monkeypatch ``phiflash_mlx.model._cuda_kernel`` (or ``_step_kernel``, the decode-step kernels)
+and run the model's own launch code.
 """
 
 from __future__ import annotations
@@ -90,13 +91,33 @@ int main(int argc, char** argv) {
 """
 
 
-def kernel_function(name: str, inputs: list[str], outputs: list[str], body: str, **template) -> str:
-    """The kernel as MLX's CUDA backend writes it (``__global__`` left to the caller): float
-    arrays (``dims`` int), outputs last, the template arguments as ``constexpr int``."""
-    params = [f"const {'int' if x == 'dims' else 'float'}* {x}" for x in inputs]
-    params += [f"float* {x}" for x in outputs]
-    consts = "".join(f"  constexpr int {k} = {v};\n" for k, v in template.items())
+def kernel_function(
+    name: str, inputs: list[str], outputs: list[str], body: str, array_type="float", **template
+) -> str:
+    """The kernel as MLX's CUDA backend writes it (``__global__`` left to the caller): arrays
+    of ``array_type`` (``dims`` int), outputs last, the template arguments as ``constexpr int``
+    (a dtype argument as ``using T = float;``, or the type named by a string)."""
+    params = [f"const {'int' if x == 'dims' else array_type}* {x}" for x in inputs]
+    params += [f"{array_type}* {x}" for x in outputs]
+    consts = ""
+    for k, v in template.items():
+        if isinstance(v, mx.Dtype):
+            assert v == mx.float32, "the emulator runs float32 kernels"
+            consts += f"  using {k} = float;\n"
+        elif isinstance(v, str):
+            consts += f"  using {k} = {v};\n"
+        else:
+            consts += f"  constexpr int {k} = {v};\n"
     return f"void {name}({', '.join(params)}) {{\n{consts}\n{body}\n}}\n"
+
+
+def kernel_source(which: str) -> tuple[str, list[str], list[str], str]:
+    """(name, inputs, outputs, body) of a CUDA kernel of the model: one of ``_CUDA_KERNELS``,
+    or "step_conv" / "step_scan", the decode-step kernels."""
+    if which.startswith("step_"):
+        step = which.removeprefix("step_")
+        return (*model_mod._STEP_IO[step], model_mod._step_source(step, "cuda"))
+    return model_mod._CUDA_KERNELS[which]
 
 
 @cache
@@ -109,7 +130,7 @@ def _build_dir() -> Path:
 
 @cache
 def _binary(which: str, template: tuple) -> Path:
-    name, inputs, outputs, body = model_mod._CUDA_KERNELS[which]
+    name, inputs, outputs, body = kernel_source(which)
     names = inputs + outputs
     loads = "".join(
         f'    snprintf(path, sizeof path, "%s/{x}.bin", dir);\n'
@@ -134,7 +155,8 @@ def _binary(which: str, template: tuple) -> Path:
         .replace("@NAME@", name)
         .replace("@ARGS@", ", ".join(names))
     )
-    out = _build_dir() / f"{which}{'_'.join(f'{k}{v}' for k, v in template)}"
+    tag = "_".join(f"{k}{v}" for k, v in template if not isinstance(v, mx.Dtype))
+    out = _build_dir() / f"{which}{tag}"
     out.with_suffix(".cpp").write_text(src)
     cmd = [GXX, "-std=c++20", "-O1", "-pthread", str(out.with_suffix(".cpp")), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -145,7 +167,7 @@ def _binary(which: str, template: tuple) -> Path:
 
 def kernel(which: str):
     """A stand-in for ``mx.fast.cuda_kernel``'s kernel ``which`` that runs its source here."""
-    _, input_names, output_names, _ = model_mod._CUDA_KERNELS[which]
+    _, input_names, output_names, _ = kernel_source(which)
 
     def run(*, inputs, template, grid, threadgroup, output_shapes, output_dtypes):
         assert threadgroup == (128, 1, 1) and grid[0] % 128 == 0

@@ -20,7 +20,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from conftest import scan_inputs
-from cuda_emu_util import GXX, kernel_function
+from cuda_emu_util import GXX, kernel_function, kernel_source
 from cuda_emu_util import kernel as emulated
 
 from phiflash_mlx import model as model_mod
@@ -35,6 +35,23 @@ def test_cuda_kernel_source_compiles(tmp_path, which):
     name, inputs, outputs, body = model_mod._CUDA_KERNELS[which]
     src = tmp_path / f"{which}.cu"
     src.write_text("__global__ " + kernel_function(name, inputs, outputs, body, DI=5120, NS=16))
+    ptx = tmp_path / "k.ptx"
+    cmd = [NVCC, "-arch=sm_80", "-ptx", "-Werror", "all-warnings", str(src), "-o", str(ptx)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc (the CUDA toolkit)")
+@pytest.mark.parametrize("array_type", ["float", "__nv_bfloat16"])
+@pytest.mark.parametrize("which", ["step_conv", "step_scan"])
+def test_decode_step_kernel_source_compiles(tmp_path, which, array_type):
+    """The decode-step kernels in float32 and bfloat16 (T: the outputs' type; MLX writes each
+    input's own type, which the sources only ever convert with static_cast<float>)."""
+    name, inputs, outputs, body = kernel_source(which)
+    sizes = dict(DI=5120, KC=4) if which == "step_conv" else dict(DI=5120, NS=16, R=160)
+    fn = kernel_function(name, inputs, outputs, body, array_type, T=array_type, **sizes)
+    src = tmp_path / f"{which}.cu"
+    src.write_text("#include <cuda_bf16.h>\n__global__ " + fn)
     ptx = tmp_path / "k.ptx"
     cmd = [NVCC, "-arch=sm_80", "-ptx", "-Werror", "all-warnings", str(src), "-o", str(ptx)]
     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -1,6 +1,7 @@
 """The MLX model's GPU paths on a CUDA device: the fixture's float32 logits, with prompts through
-the CUDA scan kernel and decode steps through the whole-step decode, against golden and against
-the portable scan's on the same device; and the kernel against the portable chunked scan on
+the CUDA scan kernel and decode steps through the whole-step decode and the Mamba step kernels,
+against golden, against the portable scan's and the compiled steps' on the same device; the
+step kernels' self-check in bfloat16; and the kernel against the portable chunked scan on
 random inputs.
 
 MLX runs float32 matmuls as TF32 on CUDA by default (1.7e-3 relative on the fixture's prefill
@@ -58,6 +59,12 @@ def whole_counted(self, *args):
     whole.append(out is not None)
     return out
 model_mod.WholeStep.__call__ = whole_counted
+steps = []
+step_scan = model_mod.step_scan
+def scan_counted(*args):  # runs when a decode function is traced
+    steps.append(1)
+    return step_scan(*args)
+model_mod.step_scan = scan_counted
 model, _ = load(TINY, dtype=mx.float32)
 g = dict(np.load(TINY / "golden.npz"))
 p = g["prompt_ids"]
@@ -68,7 +75,13 @@ errs = {
     "decode": rel_err(run_decode(model, p, g["decode_ids"]), g["logits_decode"]),
     "kernel_calls": len(calls),
     "whole_steps": sum(whole),
+    "step_kernel_traces": len(steps),
 }
+model_mod.STEP_KERNELS = False
+plain, _ = load(TINY, dtype=mx.float32)
+decode = run_decode(model, p, g["decode_ids"])
+errs["kernels_vs_compiled_steps"] = rel_err(decode, run_decode(plain, p, g["decode_ids"]))
+model_mod.STEP_KERNELS = True
 model_mod.ssm_scan_cuda = model_mod.ssm_scan_chunked
 errs["portable_vs_kernel"] = rel_err(run_prefill(model, p), prefill.astype(np.float64))
 print(json.dumps(errs))
@@ -88,8 +101,14 @@ def test_fp32_logits_through_the_cuda_scan_match_golden():
     errs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert errs.pop("kernel_calls") > 0, "the prompts did not take the CUDA scan kernel"
     assert errs.pop("whole_steps") > 0, "no decode step took the whole-step path"
+    assert errs.pop("step_kernel_traces") > 0, "no decode step took the step kernels"
     assert errs.pop("portable_vs_kernel") <= 1e-5, errs
     assert max(errs.values()) <= 1e-4, errs
+
+
+def test_step_kernels_pass_their_self_check_in_every_dtype():
+    for dtype in (mx.float32, mx.bfloat16, mx.float16):
+        assert model_mod.step_kernels_backend(dtype) == "cuda", model_mod.step_kernel_note()
 
 
 def random_scan(T: int, d: int, n: int, seed: int):
