@@ -12,7 +12,8 @@
 # no quantized form, and mlx_lm.server never batches such requests.
 # Speed paths: one-token decode steps with plain caches run as a few compiled functions over
 # many layers (WholeStep), with batch caches as compiled functions per layer (the uncompiled
-# path stays: Model.set_compiled_decode(False), and padded Mamba steps use it); prompts scan with a
+# path stays: Model.set_compiled_decode(False), and padded Mamba steps use it); on a GPU their
+# Mamba steps are two kernels (self-checking; the Metal spelling untested); prompts scan with a
 # CUDA kernel in chunks in time (self-checking), a self-checking Metal kernel (untested on
 # Apple hardware), numpy on the CPU, or the portable chunked scan; training on CUDA scans
 # through a forward/backward kernel pair; sliding-window prompts attend in bands.
