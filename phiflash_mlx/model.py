@@ -819,23 +819,25 @@ STEP_CHECK_TOL = 1e-3  # max |kernel - compiled| / max |compiled| (or two roundi
 _step = {"ok": {}, "note": None}  # ok: dtype -> bool once checked
 
 
-def _step_reference(xz, conv_state, w, bias, x_proj, dt_proj, A_log, D, state):
-    """The compiled functions' Mamba step from in_proj's output, as _decode_pieces runs it."""
-    d = w.shape[0]
+def step_compiled(xz, conv_state, w, bias, x_proj, dt_proj, A_log, D, state):
+    """A one-token Mamba step from in_proj's output xz [b, 1, 2d] through the compiled
+    functions: (gated [b, 1, d], y [b, 1, d], conv window, state). ``x_proj`` and ``dt_proj``
+    are callables (the layer's projections)."""
+    d, n = w.shape[0], state.shape[-1]
     u, conv = conv_step(conv_state, xz[..., :d], w, bias)
-    dbc = u[:, 0] @ x_proj
-    r = dbc.shape[-1] - 2 * state.shape[-1]
-    dtl = dbc[:, :r] @ dt_proj
-    B, C = dbc[:, r : r + state.shape[-1]], dbc[:, r + state.shape[-1] :]
-    gated, y, state = mamba_step(u[:, 0], dtl, A_log, B, C, D, state, xz[:, 0, d:])
+    u = u[:, 0]  # [b, d]
+    dbc = x_proj(u)
+    r = dbc.shape[-1] - 2 * n
+    dt, B, C = dbc[:, :r], dbc[:, r : r + n], dbc[:, r + n :]
+    gated, y, state = mamba_step(u, dt_proj(dt), A_log, B, C, D, state, xz[:, 0, d:])
     return gated[:, None], y[:, None], conv, state
 
 
-def _step_kernels_run(backend, xz, conv_state, w, bias, x_proj, dt_proj, A_log, D, state):
+def step_kernels(backend, xz, conv_state, w, bias, x_proj, dt_proj, A_log, D, state):
+    """step_compiled's outputs through the decode-step kernels of ``backend``."""
     u, conv = step_conv(_step_kernel("conv", backend), xz, conv_state, w, bias)
-    dbc = u @ x_proj
-    r = dbc.shape[-1] - 2 * state.shape[-1]
-    dtl = dbc[:, :r] @ dt_proj
+    dbc = x_proj(u)
+    dtl = dt_proj(dbc[:, : dbc.shape[-1] - 2 * state.shape[-1]])
     gated, y, state = step_scan(_step_kernel("scan", backend), xz, u, dbc, dtl, A_log, D, state)
     return gated, y, conv, state
 
@@ -846,20 +848,22 @@ def _step_check_failure(backend: str, dtype) -> str | None:
     b, d, n, r, K = 2, 64, 16, 8, 4
     key = mx.random.key(0)
     ks = mx.random.split(key, 9)
+    wx = (0.2 * mx.random.normal((d, r + 2 * n), key=ks[4])).astype(dtype)
+    wdt = (0.3 * mx.random.normal((r, d), key=ks[5])).astype(dtype)
     args = (
         mx.random.normal((b, 1, 2 * d), key=ks[0]).astype(dtype),
         mx.random.normal((b, K - 1, d), key=ks[1]).astype(dtype),
         (0.5 * mx.random.normal((d, 1, K), key=ks[2])).astype(dtype),
         (0.1 * mx.random.normal((d,), key=ks[3])).astype(dtype),
-        (0.2 * mx.random.normal((d, r + 2 * n), key=ks[4])).astype(dtype),
-        (0.3 * mx.random.normal((r, d), key=ks[5])).astype(dtype),
+        lambda u: u @ wx,
+        lambda dt: dt @ wdt,
         mx.log(mx.broadcast_to(mx.arange(1, n + 1, dtype=mx.float32), (d, n))),
         mx.random.normal((d,), key=ks[6]),
         mx.random.normal((b, d, n), key=ks[7]),
     )
     try:
-        got = _step_kernels_run(backend, *args)
-        want = _step_reference(*args)
+        got = step_kernels(backend, *args)
+        want = step_compiled(*args)
         mx.eval(got, want)
         err = 0.0
         for g, w in zip(got, want):
@@ -953,12 +957,13 @@ class Mamba(nn.Module):
         real end (``cache.lengths``). Outputs at padded positions are don't-cares.
         """
         b, T, _ = x.shape
-        xb, z = mx.split(self.in_proj(x), 2, axis=-1)
+        xz = self.in_proj(x)
+        xb, z = mx.split(xz, 2, axis=-1)
         conv_state = cache[0] if cache is not None else None
         if conv_state is None:
             conv_state = mx.zeros((b, self.d_conv - 1, self.d_inner), dtype=xb.dtype)
         if T == 1 and cache is not None and not self.training and mask is None:
-            return self._step(x, xb, z, conv_state, cache)
+            return self._step(xz, conv_state, cache)
         if mask is not None:
             xb = mx.where(mask[..., None], xb, 0)
         xpad = mx.concatenate([conv_state, xb], axis=1)
@@ -996,20 +1001,15 @@ class Mamba(nn.Module):
                 cache.advance(T)
         return self.out_proj(output_gate(y, z)), y.astype(x.dtype)
 
-    def _step(self, x, xb, z, conv_state, cache):
-        """Decode path: the same math as above for one token, in two fused kernels."""
+    def _step(self, xz, conv_state, cache):
+        """Decode path: the same math as above for one token (step_compiled)."""
         conv = self.conv1d
-        u, cache[0] = conv_step(conv_state, xb, conv.weight, conv.bias_or_zeros(xb.dtype))
-        dbc = self.x_proj(u)
-        dt = self.dt_proj(dbc[..., : self.dt_rank])
-        B, C = dbc[..., self.dt_rank : self.dt_rank + self.d_state], dbc[..., -self.d_state :]
         state = cache[1]
         if state is None:
-            state = mx.zeros((x.shape[0], self.d_inner, self.d_state), dtype=mx.float32)
-        gated, y, cache[1] = mamba_step(
-            u[:, 0], dt[:, 0], self.A_log, B[:, 0], C[:, 0], self.D, state, z[:, 0]
-        )
-        return self.out_proj(gated[:, None]), y[:, None]
+            state = mx.zeros((xz.shape[0], self.d_inner, self.d_state), dtype=mx.float32)
+        args = (conv.weight, conv.bias_or_zeros(xz.dtype), self.x_proj, self.dt_proj, self.A_log)
+        gated, y, cache[0], cache[1] = step_compiled(xz, conv_state, *args, self.D, state)
+        return self.out_proj(gated), y
 
 
 class GMU(nn.Module):
@@ -1432,35 +1432,18 @@ def _decode_pieces(layer: "DecoderLayer") -> dict:
 
         return {"layer": gmu}
     if layer.kind in ("mamba", "mamba_mem"):
-        mb = attn
-
-        r, n = mb.dt_rank, mb.d_state
+        mb, n = attn, attn.d_state
         fits = n <= 32 and n & (n - 1) == 0
         backend = step_kernels_backend(mb.conv1d.weight.dtype) if fits else None
+        step = partial(step_kernels, backend) if backend else step_compiled
 
         def mamba(h, conv_state, state):  # Mamba._step's conv_step and mamba_step, traced in
             xz = mb.in_proj(pre_norm(h))
             conv = mb.conv1d
-            bias = conv.bias_or_zeros(xz.dtype)
-            if backend is not None:  # the decode-step kernels (see above)
-                u, new_conv = step_conv(
-                    _step_kernel("conv", backend), xz, conv_state, conv.weight, bias
-                )
-                dbc = mb.x_proj(u)
-                dtl = mb.dt_proj(dbc[:, :r])
-                gated, y, state = step_scan(
-                    _step_kernel("scan", backend), xz, u, dbc, dtl, mb.A_log, mb.D, state
-                )
-                h, hn = tail(h, mb.out_proj(gated).astype(f32))
-                return h, hn, y, new_conv, state
-            xb, z = mx.split(xz, 2, axis=-1)
-            u, new_conv = conv_step(conv_state, xb, conv.weight, bias)
-            u = u[:, 0]  # [b, d]
-            dbc = mb.x_proj(u)
-            dt, B, C = dbc[:, :r], dbc[:, r : r + n], dbc[:, r + n :]
-            gated, y, state = mamba_step(u, mb.dt_proj(dt), mb.A_log, B, C, mb.D, state, z[:, 0])
-            h, hn = tail(h, mb.out_proj(gated)[:, None].astype(f32))
-            return h, hn, y[:, None], new_conv, state
+            args = (conv.weight, conv.bias_or_zeros(xz.dtype), mb.x_proj, mb.dt_proj, mb.A_log)
+            gated, y, new_conv, state = step(xz, conv_state, *args, mb.D, state)
+            h, hn = tail(h, mb.out_proj(gated).astype(f32))
+            return h, hn, y, new_conv, state
 
         return {"layer": mamba}
     hd, m = attn.head_dim, attn.n_kv // 2
