@@ -77,3 +77,68 @@ def q8_k_row(rng: np.random.Generator, n: int) -> np.ndarray:
     row["qs"] = rng.integers(-127, 128, row["qs"].shape, dtype=np.int8)
     row["bsums"] = row["qs"].reshape(-1, 16, 16).astype(np.int32).sum(axis=-1)
     return row
+
+
+class _InitParams(ctypes.Structure):
+    _fields_ = [
+        ("mem_size", ctypes.c_size_t),
+        ("mem_buffer", ctypes.c_void_p),
+        ("no_alloc", ctypes.c_bool),
+    ]
+
+
+GGML_TYPE_F32, GGML_TYPE_I32 = 0, 26
+
+
+def ssm_scan_op(lib_dir: Path, s, x, dt, A, B, C, threads: int = 2):
+    """ggml's ``ggml_ssm_scan`` (the Mamba-1 form: a decay per state) run on its CPU backend,
+    one sequence: s [d, n] the incoming state, x and dt [T, d] (dt before softplus), A [d, n],
+    B and C [T, n]. Returns (y [T, d], last state [d, n]) as float32."""
+    lib_dir = Path(lib_dir)
+    base = ctypes.CDLL(str(lib_dir / "libggml-base.so"))
+    cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"))
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+    base.ggml_init.argtypes, base.ggml_init.restype = [_InitParams], ptr
+    base.ggml_new_tensor_4d.argtypes = [ptr, ctypes.c_int, i64, i64, i64, i64]
+    base.ggml_new_tensor_4d.restype = ptr
+    base.ggml_ssm_scan.argtypes, base.ggml_ssm_scan.restype = [ptr] * 8 + [i64], ptr
+    base.ggml_new_graph.argtypes, base.ggml_new_graph.restype = [ptr], ptr
+    base.ggml_build_forward_expand.argtypes, base.ggml_build_forward_expand.restype = (
+        [ptr] * 2,
+        None,
+    )
+    base.ggml_get_data.argtypes, base.ggml_get_data.restype = [ptr], ptr
+    base.ggml_free.argtypes, base.ggml_free.restype = [ptr], None
+    cpu.ggml_graph_compute_with_ctx.argtypes = [ptr, ptr, ctypes.c_int]
+    cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
+
+    T, d = x.shape
+    n = A.shape[1]
+    ctx = base.ggml_init(_InitParams(64 * 1024 * 1024 + 64 * (T * d * 3 + d * n * 2), None, False))
+    try:
+
+        def tensor(array, ne, kind=GGML_TYPE_F32):
+            t = base.ggml_new_tensor_4d(ctx, kind, *ne)
+            dtype = np.float32 if kind == GGML_TYPE_F32 else np.int32
+            data = np.ascontiguousarray(array, dtype)
+            ctypes.memmove(base.ggml_get_data(t), data.ctypes.data, data.nbytes)
+            return t
+
+        # llama.cpp's Mamba-1 layout: heads = channels of one dimension each, one group
+        ts = tensor(s, (n, 1, d, 1))
+        tx = tensor(x, (1, d, T, 1))
+        tdt = tensor(dt, (d, T, 1, 1))
+        tA = tensor(A, (n, d, 1, 1))
+        tB = tensor(B, (n, 1, T, 1))
+        tC = tensor(C, (n, 1, T, 1))
+        ids = tensor(np.zeros(1), (1, 1, 1, 1), GGML_TYPE_I32)
+        out = base.ggml_ssm_scan(ctx, ts, tx, tdt, tA, tB, tC, ids, 1)
+        graph = base.ggml_new_graph(ctx)
+        base.ggml_build_forward_expand(graph, out)
+        if cpu.ggml_graph_compute_with_ctx(ctx, graph, threads) != 0:
+            raise RuntimeError("ggml_graph_compute_with_ctx failed")
+        flat = np.empty(T * d + d * n, np.float32)
+        ctypes.memmove(flat.ctypes.data, base.ggml_get_data(out), flat.nbytes)
+    finally:
+        base.ggml_free(ctx)
+    return flat[: T * d].reshape(T, d), flat[T * d :].reshape(d, n)

@@ -6,6 +6,11 @@
 random blocks, extreme activations, several widths, and the widths that fall back to ggml's
 own kernel.
 
+Patch 0004 runs the Mamba-1 scan op's state loop a vector at a time (AVX-512: 16 states,
+AVX2 with FMA: 8) with ggml's vectorized exp. The op, run through a ggml graph, must give a
+float64 reference (softplus, decay per state, readout), with a scalar tail where the states do
+not fill a vector.
+
 Patch 0003 makes the Q8_0 and Q6_K dot products (Q8_0 models' matmuls, the Q4_0 models' output
 matrix) prefetch their weights 4 KB ahead. Those must still match ggml's reference, and a row
 that ends just before an unmapped page must not fault (a prefetch past the end never does).
@@ -33,6 +38,7 @@ from phiflash_gguf.kernels import (
     q6_k_row,
     q8_0_row,
     q8_k_row,
+    ssm_scan_op,
 )
 
 
@@ -163,3 +169,36 @@ def test_q4_0_gemv_prefetch_past_the_last_group_does_not_fault(ggml_cpu):
     ours = _gemv(getattr(ggml_cpu, GEMV_Q4_0), n, rows, guarded.row, a)
     ref = _reference(n, rows, w, a)
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-6
+
+
+def _scan_reference(s, x, dt, A, B, C):
+    """The Mamba-1 scan in float64: softplus(dt) as ggml computes it, then per token
+    s = s exp(dt A) + dt x B and y = s . C."""
+    s = s.astype(np.float64)
+    dt = dt.astype(np.float64)
+    dt = np.where(dt > 20.0, dt, np.log1p(np.exp(dt)))
+    y = np.empty(x.shape)
+    for t in range(x.shape[0]):
+        s = s * np.exp(dt[t][:, None] * A) + (dt[t] * x[t])[:, None] * B[t][None, :]
+        y[t] = s @ C[t]
+    return y, s
+
+
+@pytest.mark.parametrize("T, d, n", [(7, 64, 16), (33, 24, 16), (5, 10, 12), (3, 8, 4)])
+def test_mamba1_scan_op_matches_reference(ggml_cpu, T, d, n):
+    """16 states (a whole AVX-512 vector, two AVX2 vectors), 12 (a vector and a tail on AVX2,
+    all tail on AVX-512) and 4 (all tail), on 1 and 2 threads."""
+    rng = np.random.default_rng(T * d + n)
+    s = rng.normal(0, 0.5, (d, n)).astype(np.float32)
+    x = rng.normal(0, 1, (T, d)).astype(np.float32)
+    dt = rng.normal(-2, 2, (T, d)).astype(np.float32)  # softplus from ~0 to ~4 (and past 20)
+    dt[0, 0] = 25.0
+    A = -np.exp(rng.normal(0, 1, (d, n))).astype(np.float32)
+    B = rng.normal(0, 1, (T, n)).astype(np.float32)
+    C = rng.normal(0, 1, (T, n)).astype(np.float32)
+    want_y, want_s = _scan_reference(s, x, dt, A, B, C)
+    lib = Path(ggml_cpu._name).parent
+    for threads in (1, 2):
+        y, last = ssm_scan_op(lib, s, x, dt, A, B, C, threads)
+        np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5 * np.abs(want_y).max())
+        np.testing.assert_allclose(last, want_s, rtol=1e-5, atol=1e-5 * np.abs(want_s).max())
