@@ -46,7 +46,7 @@ UPSTREAM = "llama-cpp-python"
 UPSTREAM_VERSION = "0.3.36"
 SDIST_NAME = f"llama_cpp_python-{UPSTREAM_VERSION}.tar.gz"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-FORK_REV = 9  # bump on every change to the patch series or overlay
+FORK_REV = 10  # bump on every change to the patch series or overlay
 FORK_VERSION = f"{UPSTREAM_VERSION}+sambay.{FORK_REV}"
 CMAKE_ARGS = "-DLLAVA_BUILD=OFF"
 STAMP_NAME = ".phiflash-fork"
