@@ -9,7 +9,8 @@ arithmetic (here g++'s libm; MLX's CPU backend has its own exp, and sums in anot
 about 3e-7 of the largest value per output per step, which twelve tokens through the fixture's
 layers grow to 3.3e-5; the self-check runs once per dtype, and a kernel that
 fails to build or gives wrong numbers turns them off for the process with one warning, decode
-staying right. On a CPU nothing is built. The GPU's own arithmetic (bfloat16, speed) is
+staying right; on a Metal device the same selection asks for the Metal spelling and falls back
+the same way (the emulated CUDA sources standing in). On a CPU nothing is built. The GPU's own arithmetic (bfloat16, speed) is
 tests/test_gpu.py's part; nvcc compiles the sources in tests/test_cuda_sources.py.
 """
 
@@ -167,3 +168,59 @@ def test_step_kernels_flag_keeps_the_compiled_functions(gpu, monkeypatch):
     assert model_mod.step_kernels_backend(mx.float32) is None
     solo(fresh(), prompts([9], 1000, seed=2)[0], 4)
     assert gpu["launches"] == []
+
+
+def test_metal_spelling_of_the_step_kernels():
+    """The Metal sources are the CUDA ones in Metal's words (untested on Apple hardware)."""
+    for which in ("conv", "scan"):
+        metal = model_mod._step_source(which, "metal")
+        cuda = model_mod._step_source(which, "cuda")
+        assert "@" not in metal and "@" not in cuda
+        assert "thread_position_in_grid" in metal and "blockIdx" not in metal
+        assert "expf" not in metal and "metal::exp" in metal
+    scan = model_mod._step_source("scan", "metal")
+    assert "simd_shuffle_xor" in scan and "log1pf" not in scan
+
+
+@pytest.mark.parametrize("broken", [None, "raise", "wrong"])
+def test_metal_step_kernels_check_themselves_and_fall_back(monkeypatch, caplog, broken):
+    """On a Metal device the kernels are asked for in Metal's spelling and checked first; a
+    failing one turns them off with one warning naming Metal, and decode stays right. (The
+    kernels here are the CUDA sources on the emulator standing in for Metal's.)"""
+    if GXX is None:
+        pytest.skip("needs g++")
+    asked = []
+
+    def step_kernel(which, backend):
+        asked.append((which, backend))
+        ref = emulated("step_" + which)
+
+        def run(**kw):
+            if broken == "raise":
+                raise RuntimeError("[metal] program_source: error: use of undeclared identifier")
+            out = ref(**kw)
+            return [o + 1.0 for o in out] if broken == "wrong" else out
+
+        return run
+
+    monkeypatch.setattr(model_mod, "_gpu_backend", lambda: "metal")
+    monkeypatch.setattr(model_mod, "_step_kernel", step_kernel)
+    monkeypatch.setattr(model_mod, "_step", {"ok": {}, "note": None})
+    # prompts keep the portable scan (the Metal scan kernel is tests/test_metal_scan.py's)
+    monkeypatch.setattr(model_mod, "_metal", {"kernel": None, "ok": False, "note": None})
+    mx.disable_compile()
+    try:
+        with caplog.at_level(logging.WARNING):
+            backend = model_mod.step_kernels_backend(mx.float32)
+            p = prompts([9], 1000, seed=4)[0]
+            got, want = with_and_without(lambda m: solo(m, p, 5))
+    finally:
+        mx.enable_compile()
+    assert {b for _, b in asked} == {"metal"}
+    assert_close(got, want, f"metal, kernels {broken or 'right'}")
+    if broken is None:
+        assert backend == "metal" and model_mod.step_kernel_note() is None
+    else:
+        note = model_mod.step_kernel_note()
+        assert backend is None and note.startswith("metal decode-step kernels off (")
+        assert [r.getMessage() for r in caplog.records] == [note]
