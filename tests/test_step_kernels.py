@@ -10,8 +10,9 @@ about 3e-7 of the largest value per output per step, which twelve tokens through
 layers grow to 3.3e-5; the self-check runs once per dtype, and a kernel that
 fails to build or gives wrong numbers turns them off for the process with one warning, decode
 staying right; on a Metal device the same selection asks for the Metal spelling and falls back
-the same way (the emulated CUDA sources standing in). On a CPU nothing is built. The GPU's own arithmetic (bfloat16, speed) is
-tests/test_gpu.py's part; nvcc compiles the sources in tests/test_cuda_sources.py.
+the same way (the emulated CUDA sources standing in). On a CPU nothing is built. The GPU's own
+arithmetic (bfloat16, speed) is tests/test_gpu.py's part; nvcc compiles the sources in
+tests/test_cuda_sources.py.
 """
 
 import logging
