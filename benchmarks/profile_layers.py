@@ -16,7 +16,9 @@ path, phi3 as mlx-lm runs it. "kernels" leaves out the primitives that only make
 device it runs on: on CPU, attention is MLX's decomposed fallback (a few primitives where a GPU
 runs one fused kernel). "build ms" is the host time to build that token's graph (Python and
 the replay of the compiled functions' tapes; nothing is evaluated), the median of 200 tokens:
-work the CPU does for every token whatever device then runs the kernels.
+work the CPU does for every token whatever device then runs the kernels. A last table counts
+the pieces the GPU kernels replace (the Mamba step) or may replace next (an attention layer's
+query pairing and combine); on a CPU the combine's RMS norm is a few primitives, one on a GPU.
 """
 
 import argparse
@@ -102,6 +104,39 @@ def count_decode(model, ctx: int) -> dict:
     }
 
 
+def count_pieces(model) -> dict:
+    """Primitives of the decode-step pieces that GPU kernels replace or may replace: one Mamba
+    step through the compiled functions (``step_compiled``; the step kernels keep its x_proj,
+    dt_proj with its weight transpose, and one slice), and one attention layer's query pairing
+    and differential combine."""
+    mb = next(x.attn for x in model.layers if x.kind == "mamba")
+    at = next(x.attn for x in model.layers if x.kind == "swa")
+    dtype = mb.conv1d.weight.dtype
+    d, n, k = mb.d_inner, mb.d_state, mb.d_conv
+    xz, conv = mx.zeros((1, 1, 2 * d), dtype), mx.zeros((1, k - 1, d), dtype)
+    state = mx.zeros((1, d, n))
+    w, bias = mb.conv1d.weight, mb.conv1d.bias_or_zeros(dtype)
+    hd, m, g = at.head_dim, at.n_kv // 2, at.n_heads // at.n_kv
+    q, o = mx.zeros((1, 1, at.n_heads * hd), dtype), mx.zeros((1, m * 2 * g, 1, 2 * hd), dtype)
+    ica, lam = at.inner_cross_attn, mx.array(0.5)
+    mx.eval(xz, conv, state, bias, q, o, lam)  # inputs, not part of the counted graphs
+    pieces = {
+        "Mamba step (compiled functions)": lambda: model_mod.step_compiled(
+            xz, conv, w, bias, mb.x_proj, mb.dt_proj, mb.A_log, mb.D, state
+        ),
+        "attention: pair queries": lambda: [model_mod._pair_queries(q, m, g, hd)],
+        "attention: combine": lambda: [
+            model_mod._combine(o, lam, ica.subln.weight, 0.5, ica.subln.eps, m, g)
+        ],
+    }
+    out = {}
+    for name, piece in pieces.items():
+        fn = mx.compile(piece)
+        mx.eval(fn())  # traced and compiled
+        out[name] = graph_primitives(list(fn()))
+    return out
+
+
 def count_kernels(ctx: int, quant: str) -> None:
     from bench_mlx import ours_model, phi3_model, prepare
 
@@ -130,6 +165,10 @@ def count_kernels(ctx: int, quant: str) -> None:
     for label, r in rows.items():
         top = sorted(r["by_name"].items(), key=lambda kv: -kv[1])
         print(label, json.dumps(dict(top)))
+    print("\n| piece (SambaY) | primitives | kernels (no views) |\n|---|---|---|")
+    for label, prims in count_pieces(ours).items():
+        kernels = sum(c for name, c in prims.items() if name not in VIEWS)
+        print(f"| {label} | {sum(prims.values())} | {kernels} |")
 
 
 def main():

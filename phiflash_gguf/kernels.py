@@ -114,7 +114,8 @@ def ssm_scan_op(lib_dir: Path, s, x, dt, A, B, C, threads: int = 2):
 
     T, d = x.shape
     n = A.shape[1]
-    ctx = base.ggml_init(_InitParams(64 * 1024 * 1024 + 64 * (T * d * 3 + d * n * 2), None, False))
+    data = 4 * (3 * T * d + 3 * d * n + 2 * T * n)  # float32 inputs and the op's output
+    ctx = base.ggml_init(_InitParams((16 << 20) + 2 * data, None, False))  # + graph, headers
     try:
 
         def tensor(array, ne, kind=GGML_TYPE_F32):

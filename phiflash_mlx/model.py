@@ -371,13 +371,17 @@ _METAL_SPELLING = dict(
 )
 
 
+def _spell(src: str, spell: dict) -> str:
+    """``src`` with every @KEY@ replaced by ``spell[KEY]`` (one backend's spelling)."""
+    for key, text in spell.items():
+        src = src.replace(f"@{key}@", text)
+    return src
+
+
 def _scan_source(body: str, spell: dict) -> str:
     """The index prelude and ``body`` in one backend's spelling; @KEEP@ (after each state
     update) is empty unless ``spell`` fills it."""
-    src = _SCAN_INDEX + body
-    for key, text in ({"KEEP": ""} | spell).items():
-        src = src.replace(f"@{key}@", text)
-    return src
+    return _spell(_SCAN_INDEX + body, {"KEEP": ""} | spell)
 
 
 _CUDA_SCAN_SRC = _scan_source(_SCAN_SRC, _CUDA_SPELLING)
@@ -390,6 +394,11 @@ _SCAN_KERNEL_IO = dict(
 SCAN_TIME_CHUNKS = True  # False: the CUDA prompt scan runs sequentially in time (benchmarks)
 
 
+def _threads(n: int) -> dict:
+    """A kernel launch's grid and threadgroup for ``n`` threads, in groups of 128."""
+    return dict(grid=(-(-n // 128) * 128, 1, 1), threadgroup=(128, 1, 1))
+
+
 def _launch(kernel, inputs, shape, n: int, shapes, chunks: int = 1):
     """Launch a scan kernel over [b, T, d] inputs (``shape``), ``dims`` = [b, T, K, L] (K
     chunks of L tokens) appended as the last input, one thread per (sequence, chunk, channel,
@@ -400,8 +409,7 @@ def _launch(kernel, inputs, shape, n: int, shapes, chunks: int = 1):
     return kernel(
         inputs=[*inputs, mx.array([b, T, chunks, L], dtype=mx.int32)],
         template=[("DI", d), ("NS", n)],
-        grid=(((threads + 127) // 128) * 128, 1, 1),
-        threadgroup=(128, 1, 1),
+        **_threads(threads),
         output_shapes=shapes,
         output_dtypes=[mx.float32] * len(shapes),
     )
@@ -610,20 +618,27 @@ def _check_slice(args, T: int, d: int):
     return u[:1, :T, :d], dt[:1, :T, :d], A[:d], B[:1, :T], C[:1, :T], D[:d], state[:1, :d]
 
 
-def _self_check_failure(scan, sl) -> str | None:
-    """Why ``scan`` does not give the portable scan's outputs on the inputs ``sl`` (a compile
-    or launch error, or a mismatch above SCAN_CHECK_TOL), or None when it does."""
+def _agreement_failure(run, reference, args, tol: float, against: str) -> str | None:
+    """Why ``run(*args)`` does not give ``reference(*args)``'s outputs (a compile or launch
+    error, or max |run - reference| / max |reference| over all outputs above ``tol``), or
+    None when it does: the kernels' self-checks."""
+    f32 = mx.float32
     try:
-        yk, sk = scan(*sl)
-        yp, sp = ssm_scan_chunked(*sl)
-        mx.eval(yk, sk, yp, sp)
-        scale = max(mx.abs(yp).max().item(), mx.abs(sp).max().item(), 1e-6)
-        err = max(mx.abs(yk - yp).max().item(), mx.abs(sk - sp).max().item()) / scale
+        got, want = run(*args), reference(*args)
+        mx.eval(got, want)
+        scale = max(max(mx.abs(w.astype(f32)).max().item() for w in want), 1e-6)
+        diffs = (mx.abs(g.astype(f32) - w.astype(f32)).max().item() for g, w in zip(got, want))
+        err = max(diffs) / scale
     except Exception as e:  # a compile or launch error: any of them means "off"
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    if not err <= SCAN_CHECK_TOL:  # also catches NaN
-        return f"mismatch {err:.2g} against the portable scan on its self-check"
+    if not err <= tol:  # also catches NaN
+        return f"mismatch {err:.2g} against {against} on its self-check"
     return None
+
+
+def _self_check_failure(scan, sl) -> str | None:
+    """Why ``scan`` does not give the portable scan's outputs on the inputs ``sl``."""
+    return _agreement_failure(scan, ssm_scan_chunked, sl, SCAN_CHECK_TOL, "the portable scan")
 
 
 def _turn_off(state: dict, note: str) -> bool:
@@ -666,6 +681,12 @@ def time_chunks_ready(u, dt, A, B, C, D, state) -> bool:
     return True
 
 
+def _lanes_fit(n: int) -> bool:
+    """Whether a channel's n states fit the GPU kernels' lanes (a power of two up to 32, so
+    a warp / SIMD group holds whole channels)."""
+    return n <= 32 and n & (n - 1) == 0
+
+
 def _gpu_backend() -> str | None:
     """ "cuda" or "metal" when MLX's default device is a GPU of that backend, else None."""
     if mx.default_device() != mx.gpu:
@@ -679,9 +700,7 @@ def selective_scan(u, dt, A, B, C, D, state, training: bool = False):
     if u.shape[1] == 1:
         y, state = ssm_step(u[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, state)
         return y[:, None], state
-    n = A.shape[1]
-    fits = n <= 32 and n & (n - 1) == 0
-    backend = _gpu_backend() if fits else None
+    backend = _gpu_backend() if _lanes_fit(A.shape[1]) else None
     if backend == "cuda" and training:
         return ssm_scan_cuda_train(u, dt, A, B, C, D, state)
     if backend == "cuda":
@@ -695,8 +714,9 @@ def selective_scan(u, dt, A, B, C, D, state, training: bool = False):
 
 # ---------------------------------------------------------------------------------------------
 # Decode-step kernels. On a GPU a one-token Mamba step is two kernels where the compiled
-# functions (conv_step, mamba_step, the slices and squeezes between them) give about 30
-# primitives a layer, each of which costs the host time to encode: a short-context decode
+# functions (conv_step, mamba_step, the slices and squeezes between them) give 45 primitives a
+# layer, x_proj and dt_proj included (benchmarks/profile_layers.py --kernels; 6 with the
+# kernels), each of which costs the host time to encode: a short-context decode
 # waits on the host, not on the device (benchmarks/results/mlx_h100.md). The conv kernel, one
 # thread per (sequence, channel), reads x from in_proj's output and the conv window and writes
 # u = SiLU(conv) and the shifted window; after x_proj and dt_proj, the scan kernel, one thread
@@ -766,13 +786,8 @@ _LOG1P_E = {  # log(1 + e) for 0 < e <= 1; Metal has no log1p
 
 
 def _step_source(which: str, backend: str) -> str:
-    spell = (_CUDA_SPELLING if backend == "cuda" else _METAL_SPELLING) | {
-        "LOG1P_E": _LOG1P_E[backend]
-    }
-    src = _STEP_SRC[which]
-    for key, text in spell.items():
-        src = src.replace(f"@{key}@", text)
-    return src
+    spell = _CUDA_SPELLING if backend == "cuda" else _METAL_SPELLING
+    return _spell(_STEP_SRC[which], spell | {"LOG1P_E": _LOG1P_E[backend]})
 
 
 @cache
@@ -791,8 +806,7 @@ def step_conv(kernel, xz, conv_state, w, bias):
     u, conv = kernel(
         inputs=[xz, conv_state, w, bias, mx.array([b], dtype=mx.int32)],
         template=[("T", xz.dtype), ("DI", d), ("KC", K)],
-        grid=(((b * d + 127) // 128) * 128, 1, 1),
-        threadgroup=(128, 1, 1),
+        **_threads(b * d),
         output_shapes=[(b, d), (b, K - 1, d)],
         output_dtypes=[xz.dtype, xz.dtype],
     )
@@ -806,8 +820,7 @@ def step_scan(kernel, xz, u, dbc, dtl, A_log, D, state):
     gated, y, state = kernel(
         inputs=[xz, u, dbc, dtl, A_log, D, state, mx.array([b], dtype=mx.int32)],
         template=[("T", xz.dtype), ("DI", d), ("NS", n), ("R", dbc.shape[-1] - 2 * n)],
-        grid=(((b * d * n + 127) // 128) * 128, 1, 1),
-        threadgroup=(128, 1, 1),
+        **_threads(b * d * n),
         output_shapes=[(b, 1, d), (b, 1, d), (b, d, n)],
         output_dtypes=[xz.dtype, xz.dtype, mx.float32],
     )
@@ -815,7 +828,7 @@ def step_scan(kernel, xz, u, dbc, dtl, A_log, D, state):
 
 
 STEP_KERNELS = True  # False: GPU decode steps keep the compiled functions (benchmarks)
-STEP_CHECK_TOL = 1e-3  # max |kernel - compiled| / max |compiled| (or two roundings of dtype)
+STEP_CHECK_TOL = 1e-3  # as SCAN_CHECK_TOL, against the compiled step
 _step = {"ok": {}, "note": None}  # ok: dtype -> bool once checked
 
 
@@ -844,7 +857,7 @@ def step_kernels(backend, xz, conv_state, w, bias, x_proj, dt_proj, A_log, D, st
 
 def _step_check_failure(backend: str, dtype) -> str | None:
     """Why the step kernels do not give the compiled functions' outputs on random inputs of
-    ``dtype`` (a compile or launch error, or a mismatch above STEP_CHECK_TOL), or None."""
+    ``dtype`` (_agreement_failure), or None."""
     b, d, n, r, K = 2, 64, 16, 8, 4
     key = mx.random.key(0)
     ks = mx.random.split(key, 9)
@@ -861,20 +874,9 @@ def _step_check_failure(backend: str, dtype) -> str | None:
         mx.random.normal((d,), key=ks[6]),
         mx.random.normal((b, d, n), key=ks[7]),
     )
-    try:
-        got = step_kernels(backend, *args)
-        want = step_compiled(*args)
-        mx.eval(got, want)
-        err = 0.0
-        for g, w in zip(got, want):
-            g, w = g.astype(mx.float32), w.astype(mx.float32)
-            scale = max(mx.abs(w).max().item(), 1e-6)
-            err = max(err, mx.abs(g - w).max().item() / scale)
-    except Exception as e:  # a compile or launch error: any of them means "off"
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    if not err <= max(STEP_CHECK_TOL, 2 * mx.finfo(dtype).eps):  # one rounding; catches NaN
-        return f"mismatch {err:.2g} against the compiled step on its self-check"
-    return None
+    tol = max(STEP_CHECK_TOL, 2 * mx.finfo(dtype).eps)  # or a rounding of dtype either way
+    run = partial(step_kernels, backend)
+    return _agreement_failure(run, step_compiled, args, tol, "the compiled step")
 
 
 def step_kernels_backend(dtype) -> str | None:
@@ -958,12 +960,12 @@ class Mamba(nn.Module):
         """
         b, T, _ = x.shape
         xz = self.in_proj(x)
-        xb, z = mx.split(xz, 2, axis=-1)
         conv_state = cache[0] if cache is not None else None
         if conv_state is None:
-            conv_state = mx.zeros((b, self.d_conv - 1, self.d_inner), dtype=xb.dtype)
+            conv_state = mx.zeros((b, self.d_conv - 1, self.d_inner), dtype=xz.dtype)
         if T == 1 and cache is not None and not self.training and mask is None:
             return self._step(xz, conv_state, cache)
+        xb, z = mx.split(xz, 2, axis=-1)
         if mask is not None:
             xb = mx.where(mask[..., None], xb, 0)
         xpad = mx.concatenate([conv_state, xb], axis=1)
@@ -1339,11 +1341,8 @@ class DecoderLayer(nn.Module):
     def _compiled_step(self, h, cache, memory, shared_kv, mask):
         """One decode token through the compiled functions, or None where they do not apply
         (a padded Mamba step, a cache of another kind): the caller then runs the plain path."""
-        built = self.__dict__.get("_decode_fns")
-        if built is None:
-            built = {}
-            object.__setattr__(self, "_decode_fns", built)
-        fns = built.get(STEP_KERNELS)  # one set with, one without the step kernels
+        built = _kept(self, "_decode_fns")
+        fns = built.get(STEP_KERNELS)
         if fns is None:
             fns = built[STEP_KERNELS] = _build_decode_fns(self)
         kind = self.kind
@@ -1432,8 +1431,8 @@ def _decode_pieces(layer: "DecoderLayer") -> dict:
 
         return {"layer": gmu}
     if layer.kind in ("mamba", "mamba_mem"):
-        mb, n = attn, attn.d_state
-        fits = n <= 32 and n & (n - 1) == 0
+        mb = attn
+        fits = _lanes_fit(mb.d_state)
         backend = step_kernels_backend(mb.conv1d.weight.dtype) if fits else None
         step = partial(step_kernels, backend) if backend else step_compiled
 
@@ -1465,6 +1464,16 @@ def _decode_pieces(layer: "DecoderLayer") -> dict:
         return tail(h, attn.out_proj(o).astype(f32))
 
     return {"pre": pre, "post": post}
+
+
+def _kept(module: nn.Module, attr: str) -> dict:
+    """A dict kept on ``module`` as a plain attribute (not a parameter), made on first use: the
+    decode functions built for it, keyed by STEP_KERNELS (one set with, one without)."""
+    kept = module.__dict__.get(attr)
+    if kept is None:
+        kept = {}
+        object.__setattr__(module, attr, kept)
+    return kept
 
 
 def _build_decode_fns(layer: "DecoderLayer") -> dict:
@@ -1665,11 +1674,8 @@ class Phi4FlashModel(nn.Module):
     def _whole_step(self, inputs, cache):
         if not all(isinstance(x, DecoderLayer) and x.compiled_decode for x in self.layers):
             return None
-        built = self.__dict__.get("_whole")
-        if built is None:
-            built = {}
-            object.__setattr__(self, "_whole", built)
-        whole = built.get(STEP_KERNELS)  # one with, one without the step kernels
+        built = _kept(self, "_whole")
+        whole = built.get(STEP_KERNELS)
         if whole is None or not whole.matches(self):
             whole = built[STEP_KERNELS] = WholeStep(self)
         return whole(inputs, cache)

@@ -43,9 +43,14 @@ from phiflash_gguf.kernels import (
 
 
 @pytest.fixture(scope="module")
-def ggml_cpu():
+def ggml_lib_dir():
     lc = ensure_llama_cpp()
-    return load_ggml_cpu(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(lc.__file__).parent / "lib")
+    return Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(lc.__file__).parent / "lib")
+
+
+@pytest.fixture(scope="module")
+def ggml_cpu(ggml_lib_dir):
+    return load_ggml_cpu(ggml_lib_dir)
 
 
 def _gemv(fn, n: int, rows: int, w, a) -> np.ndarray:
@@ -185,7 +190,7 @@ def _scan_reference(s, x, dt, A, B, C):
 
 
 @pytest.mark.parametrize("T, d, n", [(7, 64, 16), (33, 24, 16), (5, 10, 12), (3, 8, 4)])
-def test_mamba1_scan_op_matches_reference(ggml_cpu, T, d, n):
+def test_mamba1_scan_op_matches_reference(ggml_lib_dir, T, d, n):
     """16 states (a whole AVX-512 vector, two AVX2 vectors), 12 (a vector and a tail on AVX2,
     all tail on AVX-512) and 4 (all tail), on 1 and 2 threads."""
     rng = np.random.default_rng(T * d + n)
@@ -197,8 +202,7 @@ def test_mamba1_scan_op_matches_reference(ggml_cpu, T, d, n):
     B = rng.normal(0, 1, (T, n)).astype(np.float32)
     C = rng.normal(0, 1, (T, n)).astype(np.float32)
     want_y, want_s = _scan_reference(s, x, dt, A, B, C)
-    lib = Path(ggml_cpu._name).parent
     for threads in (1, 2):
-        y, last = ssm_scan_op(lib, s, x, dt, A, B, C, threads)
+        y, last = ssm_scan_op(ggml_lib_dir, s, x, dt, A, B, C, threads)
         np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5 * np.abs(want_y).max())
         np.testing.assert_allclose(last, want_s, rtol=1e-5, atol=1e-5 * np.abs(want_s).max())
