@@ -713,20 +713,20 @@ def selective_scan(u, dt, A, B, C, D, state, training: bool = False):
 
 
 # ---------------------------------------------------------------------------------------------
-# Decode-step kernels. On a GPU a one-token Mamba step is two kernels where the compiled
-# functions (conv_step, mamba_step, the slices and squeezes between them) give 45 primitives a
-# layer, x_proj and dt_proj included (benchmarks/profile_layers.py --kernels; 6 with the
-# kernels), each of which costs the host time to encode: a short-context decode
-# waits on the host, not on the device (benchmarks/results/mlx_h100.md). The conv kernel, one
-# thread per (sequence, channel), reads x from in_proj's output and the conv window and writes
-# u = SiLU(conv) and the shifted window; after x_proj and dt_proj, the scan kernel, one thread
-# per (sequence, channel, state) with a channel's NS lanes in one warp / SIMD group, computes
-# softplus(dt), the state update, y = s . C + D u (a shuffle reduction) and the gated output
-# y SiLU(z), reading B, C from x_proj's output and z from in_proj's. All arithmetic in
-# float32 as in mamba_step; outputs other than the state in the model's dtype (T). Both
-# backends check themselves once per process and dtype against the compiled functions on
-# random inputs (the Metal spelling is untested on Apple hardware); a failure turns them off
-# for the process, logs one warning (step_kernel_note()), and decode keeps the compiled path.
+# Decode-step kernels. On a GPU a one-token Mamba step is two kernels where the compiled functions
+# (conv_step, mamba_step, the slices and squeezes between them) give 45 primitives a layer, x_proj
+# and dt_proj included (benchmarks/profile_layers.py --kernels), of which the kernels keep 4 beside
+# their two; each primitive costs the host time to encode, and a short-context decode waits on the
+# host, not on the device (benchmarks/results/mlx_h100.md). The conv kernel, one thread per
+# (sequence, channel), reads x from in_proj's output and the conv window and writes u = SiLU(conv)
+# and the shifted window; after x_proj and dt_proj, the scan kernel, one thread per (sequence,
+# channel, state) with a channel's NS lanes in one warp / SIMD group, computes softplus(dt), the
+# state update, y = s . C + D u (a shuffle reduction) and the gated output y SiLU(z), reading B, C
+# from x_proj's output and z from in_proj's. All arithmetic in float32 as in mamba_step; outputs
+# other than the state in the model's dtype (T). Both backends check themselves once per process and
+# dtype against the compiled functions on random inputs (the Metal spelling is untested on Apple
+# hardware); a failure turns them off for the process, logs one warning (step_kernel_note()), and
+# decode keeps the compiled path.
 _STEP_CONV_SRC = """
     @UINT@ gid = @GID@;
     int nb = dims[0];
